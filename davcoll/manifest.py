@@ -1,0 +1,670 @@
+"""Arvados manifest format: strict parsing, normalized serialization, PDH.
+
+This module is the bottom layer of davcoll and is pure: no I/O and no imports
+from the rest of the package.  Everything else (the collection filesystem, the
+catalogs, the fake cluster) reads and writes manifests through it, so there is
+exactly one implementation of the format's rules.
+
+Data model
+----------
+A manifest describes a tree.  ``Dir`` is a ``dict`` mapping an entry name to
+either another ``Dir`` or to a file.  A file is a ``tuple`` of segments, and a
+segment is a plain ``(locator, offset_in_block, length)`` tuple.  Plain tuples
+(rather than objects) keep a parsed million-file manifest within a few hundred
+bytes per file.  Segments of one file that are contiguous inside the same
+block (same locator string) are always merged, so a tree has one canonical
+form and ``parse(render(tree)) == tree``.
+
+Strictness
+----------
+``parse_manifest`` accepts what the API server's validator accepts (spec 2.8)
+minus what spec 2.10 says to reject on top: tokens past the end of their
+stream, file/directory clashes, size-less locators, upper-case hex, blocks
+over 64 MiB and non-empty ``.`` tokens.  Every rejection is a ``ManifestError``
+whose message starts with the 1-based line number.
+
+Layout
+------
+``Manifest.to_text()`` writes the Python SDK's normalized layout (spec 2.9):
+depth-first directories, entries sorted by decoded name, per-line locator
+lists in first-use order, adjacent segments merged.  ``render_stream`` is the
+per-directory piece of that, exposed so the collection filesystem can
+re-render only the directories that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Union
+
+__all__ = [
+    "MAX_BLOCK_SIZE",
+    "EMPTY_BLOCK",
+    "EMPTY_DIR_MARKER",
+    "ManifestError",
+    "Locator",
+    "Segment",
+    "FileSegments",
+    "Dir",
+    "Manifest",
+    "StreamIndex",
+    "parse_manifest",
+    "parse_stream",
+    "normalize_manifest",
+    "strip_manifest",
+    "portable_data_hash",
+    "escape_name",
+    "unescape_name",
+    "render_stream",
+    "render_empty_dir",
+    "index_streams",
+    "locator_size",
+    "bare_locator",
+    "coalesce",
+    "is_locator",
+    "is_portable_data_hash",
+]
+
+MAX_BLOCK_SIZE = 1 << 26
+EMPTY_BLOCK = "d41d8cd98f00b204e9800998ecf8427e+0"
+EMPTY_DIR_MARKER = "\\056"
+
+Segment = tuple  # (locator: str, offset_in_block: int, length: int)
+FileSegments = tuple  # tuple[Segment, ...]
+
+
+class ManifestError(ValueError):
+    """A manifest (or a piece of one) breaks the format rules.
+
+    ``line`` is the 1-based line number (0 when the problem is not tied to a
+    line).  The message always names what is wrong.
+    """
+
+    def __init__(self, message: str, line: int = 0):
+        self.line = line
+        self.reason = message
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+# ---------------------------------------------------------------------------
+# Escaping (spec 2.5): writers escape bytes 0x00-0x20, ':' and '\' as \ooo.
+
+_ESCAPE_TABLE = {c: "\\%03o" % c for c in range(0x21)}
+_ESCAPE_TABLE[ord(":")] = "\\072"
+_ESCAPE_TABLE[ord("\\")] = "\\134"
+_NEEDS_ESCAPE = re.compile(r"[\x00-\x20:\\]")
+# What the server accepts inside a name token: no raw control/space bytes, and
+# a backslash only as the start of \[0-3][0-7][0-7].
+_BAD_RAW = re.compile(r"[\x00-\x20]|\\(?![0-3][0-7][0-7])")
+_BAD_RAW_LINE = re.compile(r"[\x00-\x1f]|\\(?![0-3][0-7][0-7])")
+_HIGH_OCTAL = re.compile(r"\\[4-7][0-7][0-7]")
+_OCTAL_BYTES = re.compile(rb"\\([0-3][0-7][0-7])")
+
+
+def escape_name(name: str) -> str:
+    """Escape a decoded stream or file name the way both SDKs write it."""
+    if _NEEDS_ESCAPE.search(name) is None:
+        return name
+    return name.translate(_ESCAPE_TABLE)
+
+
+def unescape_name(token: str, line: int = 0) -> str:
+    """Decode ``\\ooo`` escapes as *bytes*, then the result as UTF-8.
+
+    This follows the Go/Ruby semantics (spec 2.5), not the Python SDK's
+    per-character decoding.  Raises ManifestError for anything the server
+    would not accept (lone backslash, ``\\4xx``..``\\7xx``, raw control
+    characters, invalid UTF-8 after decoding).
+    """
+    bad = _BAD_RAW.search(token)
+    if bad is not None:
+        if _HIGH_OCTAL.match(token, bad.start()):
+            raise ManifestError(f"escape sequence of more than 8 bits in {token!r}", line)
+        raise ManifestError(f"invalid character or escape in {token!r}", line)
+    if "\\" not in token:
+        return token
+    raw = _OCTAL_BYTES.sub(lambda m: bytes((int(m.group(1), 8),)), token.encode("utf-8"))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"escaped name {token!r} is not valid UTF-8", line) from None
+
+
+# ---------------------------------------------------------------------------
+# Locators (spec 1, 2.3)
+
+_LOCATOR_RE = re.compile(r"([0-9a-f]{32})\+([0-9]+)((?:\+[A-Z][-A-Za-z0-9@_]*)*)")
+_LOOSE_LOCATOR_RE = re.compile(r"[0-9a-fA-F]{32}(\+[0-9]+)?(\+[A-Z][-A-Za-z0-9@_]*)*")
+_PDH_RE = re.compile(r"[0-9a-f]{32}\+[0-9]+")
+_PERMISSION_RE = re.compile(r"A([0-9a-f]{40})@([0-9a-f]{8})")
+
+
+def is_locator(text: str) -> bool:
+    """True if ``text`` is a well-formed block locator (size hint required)."""
+    return _LOCATOR_RE.fullmatch(text) is not None
+
+
+def is_portable_data_hash(text: str) -> bool:
+    return _PDH_RE.fullmatch(text) is not None
+
+
+def bare_locator(locator: str) -> str:
+    """``md5+size`` of a locator string, dropping every other hint."""
+    i = locator.find("+", 33)
+    return locator if i < 0 else locator[:i]
+
+
+def locator_size(locator: str) -> int:
+    """The size hint of a locator string (assumed well formed)."""
+    i = locator.find("+", 33)
+    return int(locator[33:] if i < 0 else locator[33:i])
+
+
+@dataclass(frozen=True)
+class Locator:
+    """A parsed block locator ``md5+size[+hints]``."""
+
+    md5: str
+    size: int
+    hints: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Locator":
+        m = _LOCATOR_RE.fullmatch(text)
+        if m is None:
+            raise ManifestError(f"invalid locator {text!r}")
+        hints = tuple(h for h in m.group(3).split("+") if h)
+        return cls(m.group(1), int(m.group(2)), hints)
+
+    def __str__(self) -> str:
+        return "+".join((self.md5, str(self.size)) + self.hints)
+
+    def bare(self) -> str:
+        return f"{self.md5}+{self.size}"
+
+    @property
+    def permission_hint(self) -> str | None:
+        """The ``A<sig>@<expiry>`` hint (without the ``+``), if any."""
+        for h in self.hints:
+            if _PERMISSION_RE.fullmatch(h):
+                return h
+        return None
+
+    @property
+    def signature(self) -> str | None:
+        h = self.permission_hint
+        return h[1:41] if h else None
+
+    @property
+    def expiry(self) -> int | None:
+        """Unix time at which the permission signature expires, if signed."""
+        h = self.permission_hint
+        return int(h[42:], 16) if h else None
+
+    def with_permission(self, signature: str, expiry: int) -> "Locator":
+        """A copy whose permission hint is replaced (signers append it last)."""
+        hints = tuple(h for h in self.hints if not _PERMISSION_RE.fullmatch(h))
+        return Locator(self.md5, self.size, hints + (f"A{signature}@{expiry:08x}",))
+
+    def without_permission(self) -> "Locator":
+        return Locator(self.md5, self.size, tuple(h for h in self.hints if not h.startswith("A")))
+
+
+# ---------------------------------------------------------------------------
+# The tree
+
+
+class Dir(dict):
+    """A directory: entry name -> ``Dir`` or file (tuple of segments)."""
+
+    __slots__ = ()
+
+
+Entry = Union[Dir, tuple]
+
+
+def coalesce(segments: Iterable[Segment]) -> FileSegments:
+    """Canonical form of a segment list: drop empty pieces, merge contiguous ones."""
+    out: list[Segment] = []
+    for seg in segments:
+        if seg[2] <= 0:
+            continue
+        if out:
+            last = out[-1]
+            if last[0] == seg[0] and last[1] + last[2] == seg[1]:
+                out[-1] = (last[0], last[1], last[2] + seg[2])
+                continue
+        out.append(seg)
+    return tuple(out)
+
+
+def _walk_file_sizes(d: Dir, prefix: str) -> Iterator[tuple[str, FileSegments]]:
+    for name in sorted(d):
+        v = d[name]
+        path = prefix + name
+        if type(v) is tuple:
+            yield path, v
+        else:
+            yield from _walk_file_sizes(v, path + "/")
+
+
+class Manifest:
+    """A parsed manifest: the root ``Dir`` plus convenience accessors."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Dir | None = None):
+        self.root = root if root is not None else Dir()
+
+    def files(self) -> Iterator[tuple[str, FileSegments]]:
+        """All files as ``(path, segments)`` in normalized (sorted) order."""
+        return _walk_file_sizes(self.root, "")
+
+    def dirs(self) -> Iterator[str]:
+        """All directory paths (not the root), depth-first sorted."""
+        stack: list[tuple[str, Dir]] = [("", self.root)]
+        while stack:
+            prefix, d = stack.pop()
+            subs = [(n, v) for n, v in d.items() if type(v) is not tuple]
+            subs.sort(reverse=True)
+            for name, sub in subs:
+                stack.append((prefix + name + "/", sub))
+            if prefix:
+                yield prefix[:-1]
+
+    def get(self, path: str) -> Entry | None:
+        node: Entry = self.root
+        for part in filter(None, path.split("/")):
+            if type(node) is tuple or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def file_size(self, path: str) -> int:
+        segs = self.get(path)
+        if type(segs) is not tuple:
+            raise KeyError(path)
+        return sum(s[2] for s in segs)
+
+    def to_text(self, *, strip: bool = False) -> str:
+        """Serialize in the normalized layout; ``strip`` drops non-size hints."""
+        out: list[str] = []
+        _emit_dir(self.root, ".", out, strip)
+        return "".join(out)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Manifest) and self.root == other.root
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.to_text()!r})"
+
+
+# ---------------------------------------------------------------------------
+# Rendering (spec 2.9)
+
+
+def render_empty_dir(stream_name: str) -> str:
+    return f"{stream_name} {EMPTY_BLOCK} 0:0:{EMPTY_DIR_MARKER}\n"
+
+
+def render_stream(stream_name: str, files: Iterable[tuple[str, FileSegments]], *, strip: bool = False) -> str:
+    """One normalized stream line for the files directly in a directory.
+
+    ``stream_name`` is already escaped (``.`` or ``./a/b``); ``files`` are
+    ``(decoded name, segments)`` pairs and must be sorted by name.  Returns
+    the line with its trailing newline.
+    """
+    starts: dict[str, int] = {}
+    locs: list[str] = []
+    tokens: list[str] = []
+    pos = 0
+    for name, segs in files:
+        ename = escape_name(name)
+        tok_start = -1
+        tok_len = 0
+        for loc, off, ln in segs:
+            if strip:
+                loc = bare_locator(loc)
+            start = starts.get(loc)
+            if start is None:
+                start = starts[loc] = pos
+                locs.append(loc)
+                pos += locator_size(loc)
+            p = start + off
+            if tok_start >= 0 and tok_start + tok_len == p:
+                tok_len += ln
+            else:
+                if tok_start >= 0:
+                    tokens.append(f"{tok_start}:{tok_len}:{ename}")
+                tok_start, tok_len = p, ln
+        if tok_start >= 0:
+            tokens.append(f"{tok_start}:{tok_len}:{ename}")
+        else:
+            tokens.append(f"0:0:{ename}")
+    if not locs:
+        locs.append(EMPTY_BLOCK)
+    return f"{stream_name} {' '.join(locs)} {' '.join(tokens)}\n"
+
+
+def _emit_dir(d: Dir, stream_name: str, out: list[str], strip: bool) -> None:
+    files = []
+    subdirs = []
+    for name in sorted(d):
+        v = d[name]
+        if type(v) is tuple:
+            files.append((name, v))
+        else:
+            subdirs.append((name, v))
+    if files:
+        out.append(render_stream(stream_name, files, strip=strip))
+    elif not d and stream_name != ".":
+        out.append(render_empty_dir(stream_name))
+    for name, sub in subdirs:
+        _emit_dir(sub, stream_name + "/" + escape_name(name), out, strip)
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+def _check_path_components(parts: list[str], what: str, raw: str, line: int) -> None:
+    for p in parts:
+        if p == "" or p == "." or p == "..":
+            raise ManifestError(f"invalid {what} {raw!r}", line)
+
+
+def _decode_stream_name(token: str, line: int) -> str:
+    """Decoded directory path of a stream token: '' for '.', 'a/b' for './a/b'."""
+    name = unescape_name(token, line)
+    if name == ".":
+        return ""
+    if not name.startswith("./"):
+        raise ManifestError(f"invalid stream name {token!r}", line)
+    rest = name[2:]
+    _check_path_components(rest.split("/"), "stream name", token, line)
+    return rest
+
+
+def parse_stream(line_text: str, line: int = 1) -> tuple[str, list[tuple[str, FileSegments]]]:
+    """Parse one stream line (without its newline).
+
+    Returns ``(dir_path, entries)``: ``dir_path`` is the decoded directory
+    ('' for the root) and ``entries`` lists ``(relative path, segments)`` in
+    token order; a relative path contains ``/`` when the token named a file
+    in a subdirectory.  Empty-directory markers produce no entry (the line
+    itself already says the directory exists).
+    """
+    if not line_text:
+        raise ManifestError("missing stream name (blank line)", line)
+    if _BAD_RAW_LINE.search(line_text) is not None:
+        # Locate the offending token for a precise message.
+        for tok in line_text.split(" "):
+            if tok:
+                unescape_name(tok, line)
+    tokens = line_text.split(" ")
+    if tokens[-1] == "":
+        raise ManifestError("trailing space", line)
+    if tokens[0] == "":
+        raise ManifestError("missing stream name (leading space)", line)
+    if "" in tokens:
+        raise ManifestError("empty token (two spaces)", line)
+    dir_path = _decode_stream_name(tokens[0], line)
+
+    # Block locators.
+    n = len(tokens)
+    i = 1
+    starts: list[int] = []
+    locs: list[str] = []
+    pos = 0
+    match = _LOCATOR_RE.fullmatch
+    while i < n:
+        tok = tokens[i]
+        m = match(tok)
+        if m is None:
+            break
+        size = int(m.group(2))
+        if size > MAX_BLOCK_SIZE:
+            raise ManifestError(f"block {tok!r} is larger than 64 MiB", line)
+        starts.append(pos)
+        locs.append(tok)
+        pos += size
+        i += 1
+    if not locs:
+        tok = tokens[1] if n > 1 else ""
+        if _LOOSE_LOCATOR_RE.fullmatch(tok):
+            raise ManifestError(f"locator {tok!r} must have lower-case hex and a size hint", line)
+        raise ManifestError(f"missing or invalid locator {tok!r}", line)
+    if i == n:
+        raise ManifestError("no file tokens", line)
+    stream_len = pos
+    single = len(locs) == 1
+    loc0 = locs[0]
+
+    entries: list[tuple[str, FileSegments]] = []
+    append = entries.append
+    for j in range(i, n):
+        tok = tokens[j]
+        parts = tok.split(":", 2)
+        if len(parts) != 3:
+            raise ManifestError(f"invalid file token {tok!r}", line)
+        ps, ls, name = parts
+        if not (ps.isdigit() and ls.isdigit() and ps.isascii() and ls.isascii()) or not name:
+            if _LOOSE_LOCATOR_RE.fullmatch(tok):
+                raise ManifestError(f"locator {tok!r} after file tokens", line)
+            raise ManifestError(f"invalid file token {tok!r}", line)
+        p = int(ps)
+        ln = int(ls)
+        if "\\" in name:
+            name = unescape_name(name, line)
+        if "/" in name:
+            _check_path_components(name.split("/"), "file token", tok, line)
+        elif name == "." or name == "..":
+            if name == "." and ps == "0" and ls == "0":
+                continue  # empty-directory marker
+            raise ManifestError(f"invalid file token {tok!r}", line)
+        end = p + ln
+        if end > stream_len:
+            raise ManifestError(f"file token {tok!r} runs past the end of its stream ({stream_len} bytes)", line)
+        if ln == 0:
+            append((name, ()))
+        elif single:
+            append((name, ((loc0, p, ln),)))
+        else:
+            k = bisect_right(starts, p) - 1
+            segs = []
+            while p < end:
+                bstart = starts[k]
+                bend = starts[k + 1] if k + 1 < len(starts) else stream_len
+                take = min(end, bend) - p
+                if take > 0:
+                    segs.append((locs[k], p - bstart, take))
+                    p += take
+                k += 1
+            append((name, tuple(segs)))
+    return dir_path, entries
+
+
+def _lines(text: str | bytes) -> list[str]:
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = bytes(text)[: e.start].count(b"\n") + 1
+            raise ManifestError("manifest is not valid UTF-8", line) from None
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ManifestError("manifest is not valid UTF-8", text[: e.start].count("\n") + 1) from None
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        raise ManifestError("manifest does not end with a newline", text.count("\n") + 1)
+    lines = text.split("\n")
+    lines.pop()
+    return lines
+
+
+def _dir_at(root: Dir, path: str, line: int) -> Dir:
+    d = root
+    if not path:
+        return d
+    for part in path.split("/"):
+        nxt = d.get(part)
+        if nxt is None:
+            nxt = d[part] = Dir()
+        elif type(nxt) is tuple:
+            raise ManifestError(f"directory {path!r} clashes with a file of the same name", line)
+        d = nxt
+    return d
+
+
+def _place(root: Dir, base: Dir, base_path: str, entries: list, line: int) -> None:
+    for name, segs in entries:
+        d = base
+        if "/" in name:
+            sub, _, name = name.rpartition("/")
+            d = _dir_at(root, f"{base_path}/{sub}" if base_path else sub, line)
+        old = d.get(name)
+        if old is None:
+            d[name] = segs
+        elif type(old) is tuple:
+            if segs:
+                d[name] = coalesce(old + segs) if old else segs
+        else:
+            raise ManifestError(f"file {name!r} clashes with a directory of the same name", line)
+
+
+def parse_manifest(text: str | bytes) -> Manifest:
+    """Strictly parse a whole manifest into a tree (see module docstring)."""
+    root = Dir()
+    for lineno, line_text in enumerate(_lines(text), 1):
+        dir_path, entries = parse_stream(line_text, lineno)
+        d = _dir_at(root, dir_path, lineno)
+        _place(root, d, dir_path, entries, lineno)
+    return Manifest(root)
+
+
+def normalize_manifest(text: str | bytes) -> str:
+    """The Python SDK's normalized text for a (strictly valid) manifest."""
+    return parse_manifest(text).to_text()
+
+
+# ---------------------------------------------------------------------------
+# PDH (spec 3)
+
+_HINTED_LOCATOR = re.compile(r"(?<= )([0-9a-fA-F]{32}\+[0-9]+)(?:\+[A-Z][-A-Za-z0-9@_]*)+(?=[ \n])")
+
+
+def strip_manifest(text: str) -> str:
+    """The text with every locator reduced to ``md5+size`` (nothing else changes)."""
+    if "+" not in text:
+        return text
+    return _HINTED_LOCATOR.sub(r"\1", text)
+
+
+def portable_data_hash(text: str | bytes) -> str:
+    """PDH of a manifest exactly as given (hints other than size removed)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    data = strip_manifest(text).encode("utf-8")
+    return f"{hashlib.md5(data).hexdigest()}+{len(data)}"
+
+
+# ---------------------------------------------------------------------------
+# Stream index: per-directory line lists without parsing file tokens
+
+
+class StreamIndex:
+    """Per-directory view of a manifest's lines, for lazy loading.
+
+    ``lines[dir_path]`` lists ``(line_number, line_text)`` for every line that
+    contributes files directly to that directory, in manifest order.
+    ``children[dir_path]`` is the set of immediate subdirectory names.  Lines
+    whose file tokens spell a subdirectory (``0:3:d/f``) are rare; they are
+    parsed while indexing and listed under every directory they touch, so
+    loading a directory only ever needs its own list.
+    """
+
+    __slots__ = ("lines", "children")
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[tuple[int, str]]] = {}
+        self.children: dict[str, set[str]] = {"": set()}
+
+    def add_dir(self, path: str) -> None:
+        parts = path.split("/") if path else []
+        cur = ""
+        for part in parts:
+            parent = cur
+            cur = f"{cur}/{part}" if cur else part
+            kids = self.children.get(parent)
+            if kids is None:
+                kids = self.children[parent] = set()
+            kids.add(part)
+            if cur not in self.children:
+                self.children[cur] = set()
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.children
+
+    def load_dir(self, path: str) -> list[tuple[str, FileSegments]]:
+        """Parse this directory's lines; return its files in manifest order.
+
+        Files spread over several tokens or lines are concatenated; names
+        that clash with subdirectories raise ManifestError.
+        """
+        files: dict[str, FileSegments] = {}
+        kids = self.children.get(path, ())
+        prefix = path + "/" if path else ""
+        for lineno, text in self.lines.get(path, ()):
+            dir_path, entries = parse_stream(text, lineno)
+            for rel, segs in entries:
+                full = f"{dir_path}/{rel}" if dir_path else rel
+                parent, _, name = full.rpartition("/")
+                if parent != path:
+                    continue
+                if name in kids:
+                    raise ManifestError(f"file {prefix + name!r} clashes with a directory of the same name", lineno)
+                old = files.get(name)
+                if old is None:
+                    files[name] = segs
+                elif segs:
+                    files[name] = coalesce(old + segs) if old else segs
+        return list(files.items())
+
+
+def index_streams(text: str | bytes) -> StreamIndex:
+    """Split a manifest into per-directory line lists (see StreamIndex)."""
+    idx = StreamIndex()
+    lines_by_dir = idx.lines
+    for lineno, line_text in enumerate(_lines(text), 1):
+        sp = line_text.find(" ")
+        if sp <= 0:
+            raise ManifestError("missing stream name or tokens", lineno)
+        stok = line_text[:sp]
+        dir_path = _decode_stream_name(stok, lineno)
+        if dir_path not in idx.children:
+            idx.add_dir(dir_path)
+        if line_text.find("/", sp) >= 0 or line_text.find("\\057", sp) >= 0:
+            # File tokens reach into subdirectories: parse now to learn which.
+            _, entries = parse_stream(line_text, lineno)
+            touched = {dir_path}
+            for rel, _segs in entries:
+                if "/" in rel:
+                    sub = rel.rpartition("/")[0]
+                    full = f"{dir_path}/{sub}" if dir_path else sub
+                    idx.add_dir(full)
+                    touched.add(full)
+            for d in touched:
+                lines_by_dir.setdefault(d, []).append((lineno, line_text))
+        else:
+            lst = lines_by_dir.get(dir_path)
+            if lst is None:
+                lines_by_dir[dir_path] = [(lineno, line_text)]
+            else:
+                lst.append((lineno, line_text))
+    return idx
