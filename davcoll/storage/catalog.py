@@ -1,0 +1,177 @@
+"""Collection catalog interface ("the API server"), records and errors.
+
+Two implementations: the embedded SQLite catalog (``local_catalog``) and the
+Arvados REST client (``arvados_api``).  Both speak the same update language
+as the Arvados controller: ``replace_files`` plus an optional
+``manifest_text`` holding the new content (spec 7.6), so a write request is
+always sent as a delta and two writers touching different paths of one
+collection never lose each other's changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+__all__ = [
+    "CatalogError",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthorized",
+    "Conflict",
+    "BadRequest",
+    "InvalidManifest",
+    "Unavailable",
+    "CollectionRecord",
+    "UpdateResult",
+    "Catalog",
+]
+
+
+class CatalogError(Exception):
+    """Base class of catalog failures.  ``status`` is the HTTP status the
+    Arvados API would have used; the WebDAV layer maps it from here."""
+
+    status = 500
+
+
+class BadRequest(CatalogError):
+    """Malformed parameters, e.g. an invalid ``replace_files`` map (400)."""
+
+    status = 400
+
+
+class Unauthorized(CatalogError):
+    """Missing, invalid or expired token (401)."""
+
+    status = 401
+
+
+class PermissionDenied(CatalogError):
+    """The token may not do this (403), incl. bad block signatures."""
+
+    status = 403
+
+
+class NotFound(CatalogError):
+    """No such collection, or not readable with this token (404)."""
+
+    status = 404
+
+
+class Conflict(CatalogError):
+    """Unique-name clash or a similar state conflict (409/422)."""
+
+    status = 409
+
+
+class InvalidManifest(CatalogError):
+    """A manifest failed validation, or the backend sent one that does (422/502)."""
+
+    status = 422
+
+
+class Unavailable(CatalogError):
+    """Temporary backend trouble that outlasted the retries (503)."""
+
+    status = 503
+
+
+@dataclasses.dataclass
+class CollectionRecord:
+    """One collection as the catalog describes it.
+
+    ``manifest_text`` is None unless it was asked for (it can be large);
+    ``portable_data_hash`` may be None after a cheap update, where computing
+    it would cost time proportional to the whole collection.
+    ``version`` increases with every committed change (a cheap revalidation
+    key for the embedded catalog; informational on Arvados).
+    """
+
+    uuid: str
+    name: str
+    portable_data_hash: str | None = None
+    manifest_text: str | None = None
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    modified_at: str = ""
+    created_at: str = ""
+    version: int = 1
+    owner_uuid: str = ""
+    is_trashed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class UpdateResult:
+    """What an update returns.
+
+    ``applied_on_base`` is True when the catalog can vouch that the change
+    was applied to exactly the version the caller named as ``base_version``
+    (nobody else committed in between), so the caller's cached tree equals
+    the stored one.  False means "re-read before trusting your cache".
+    """
+
+    record: CollectionRecord
+    applied_on_base: bool = False
+
+
+class Catalog(abc.ABC):
+    """Collections as seen by one caller."""
+
+    @abc.abstractmethod
+    def get(self, uuid_or_pdh: str, *, with_manifest: bool = True) -> CollectionRecord:
+        """A collection by UUID (current version) or PDH (a snapshot)."""
+
+    @abc.abstractmethod
+    def list(self) -> list[CollectionRecord]:
+        """The collections to show at ``/`` (no manifests)."""
+
+    def find_by_name(self, name: str) -> CollectionRecord | None:
+        """The untrashed collection with this name at ``/``, if any."""
+        for rec in self.list():
+            if rec.name == name:
+                return rec
+        return None
+
+    @abc.abstractmethod
+    def create(self, name: str, manifest_text: str = "", properties: Mapping[str, Any] | None = None) -> CollectionRecord:
+        """A new collection; Conflict if the name is taken."""
+
+    @abc.abstractmethod
+    def update(
+        self,
+        uuid: str,
+        *,
+        replace_files: Mapping[str, str] | None = None,
+        manifest_text: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        base_version: int | None = None,
+    ) -> UpdateResult:
+        """Apply a change atomically.
+
+        With ``replace_files`` the controller's rules apply (spec 7.6):
+        ``manifest_text`` supplies the content for ``manifest_text/...``
+        sources.  Without it, ``manifest_text`` replaces the whole tree.
+        ``properties`` replaces the properties object; ``name`` renames.
+        """
+
+    @abc.abstractmethod
+    def trash(self, uuid: str) -> None:
+        """Move the collection to the trash (it disappears from ``list``)."""
+
+    def rename(self, uuid: str, new_name: str) -> CollectionRecord:
+        return self.update(uuid, name=new_name).record
+
+    @abc.abstractmethod
+    def revision(self, uuid: str) -> tuple[str, int]:
+        """A cheap freshness key ``(portable_data_hash or modified_at, version)``.
+
+        Used to revalidate a cached tree without fetching its manifest.
+        """
+
+    def close(self) -> None:
+        """Release connections."""
