@@ -19,6 +19,8 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import abc
+import threading
+from collections import OrderedDict
 from typing import Iterator
 
 from ..manifest import EMPTY_BLOCK, MAX_BLOCK_SIZE, bare_locator
@@ -31,6 +33,7 @@ __all__ = [
     "BlockStoreUnavailable",
     "BlockTooLarge",
     "BlockStore",
+    "BlockCache",
     "MAX_BLOCK_SIZE",
     "EMPTY_BLOCK",
     "bare_locator",
@@ -93,3 +96,238 @@ class BlockStore(abc.ABC):
 
     def close(self) -> None:
         """Release connections and threads."""
+
+
+# ---------------------------------------------------------------------------
+# The shared block cache
+
+
+class _Fetch:
+    """One in-progress ``get`` of a block that other readers may join.
+
+    The fetching thread fills in ``data`` or ``error`` and then sets ``done``;
+    joiners wait on ``done`` and read whichever was set.  Both fields are
+    written exactly once, before ``done`` is set, so readers need no lock.
+    """
+
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+    def result(self) -> bytes:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.data is not None
+        return self.data
+
+
+class BlockCache(BlockStore):
+    """A byte-bounded LRU of whole blocks in front of any ``BlockStore``.
+
+    Why whole blocks: Keep has no range reads, so a Range request into a
+    64 MiB block costs the whole block; keeping it lets the next range (or
+    the next reader) skip the fetch.  Why single-flight: a popular file
+    opened by many clients at once would otherwise fetch every block once
+    per client.
+
+    Entries are keyed by the *bare* locator (``md5+size``): the content is
+    the same whatever the permission hint, and the caller only ever holds a
+    locator it got from a manifest its own token could read.  Bytes in the
+    cache were verified by the wrapped store when they were fetched, or are
+    the very bytes just handed to ``put``.
+
+    Large sequential downloads go through ``read_chunks``, which never adds
+    to the cache: streaming a 10 GB file must neither evict the working set
+    nor hold 64 MiB per reader.
+    """
+
+    #: ``put`` data up to this size is kept: freshly packed small-file blocks
+    #: are typically read back soon (PROPFIND-then-GET clients, thumbnails).
+    PUT_CACHE_LIMIT = 1 << 20
+
+    def __init__(self, store: BlockStore, max_bytes: int = 256 << 20) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.store = store
+        self.max_bytes = max_bytes
+        # _lock guards _entries, _bytes, _fetches and every counter below.
+        # It is never held while calling the wrapped store, so a slow or
+        # hung fetch cannot stall hits on other blocks.
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, bytes] = OrderedDict()  # LRU first
+        self._bytes = 0
+        self._fetches: dict[str, _Fetch] = {}
+        self._hits = 0
+        self._misses = 0
+        self._joined = 0
+        self._fetch_count = 0
+        self._fetch_errors = 0
+        self._evictions = 0
+        self._streamed = 0
+
+    # -- BlockStore API ----------------------------------------------------
+
+    def get(self, locator: str) -> bytes:
+        """The block from the cache, or fetched once however many ask."""
+        key = bare_locator(locator)
+        if key == EMPTY_BLOCK:
+            return b""
+        with self._lock:
+            data = self._lookup(key)
+            if data is not None:
+                return data
+            self._misses += 1
+            fetch = self._fetches.get(key)
+            if fetch is not None:
+                self._joined += 1
+                leader = False
+            else:
+                fetch = self._fetches[key] = _Fetch()
+                self._fetch_count += 1
+                leader = True
+        # Outside the lock from here on: fetching (or waiting) may be slow.
+        if leader:
+            return self._fetch(key, locator, fetch)
+        return fetch.result()
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Store through the wrapped store; keep small blocks for read-back.
+
+        Small data is copied to immutable ``bytes`` first and that copy is
+        both stored and cached, so a caller reusing its buffer afterwards
+        cannot change what the cache serves.
+        """
+        view = memoryview(data)
+        if view.nbytes > self.PUT_CACHE_LIMIT:
+            return self.store.put(data)
+        frozen = data if isinstance(data, bytes) else view.tobytes()
+        locator = self.store.put(frozen)
+        with self._lock:
+            self._insert(bare_locator(locator), frozen)
+        return locator
+
+    def exists(self, locator: str) -> bool:
+        """Always asks the wrapped store: a cached block may since have been
+        garbage-collected there, and ``exists`` is how callers find out."""
+        return self.store.exists(locator)
+
+    def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Slices of a cached block, or the wrapped store's stream (uncached)."""
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        key = bare_locator(locator)
+        with self._lock:
+            data = self._lookup(key)
+            if data is None:
+                self._misses += 1
+                self._streamed += 1
+        if data is None:
+            return self.store.read_chunks(locator, chunk_size)
+        return _slices(data, chunk_size)
+
+    def close(self) -> None:
+        """Drop every entry and close the wrapped store."""
+        self.clear()
+        self.store.close()
+
+    # -- cache management --------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget every cached block (in-flight fetches still complete)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def discard(self, locator: str) -> None:
+        """Forget one block, e.g. after the store reported it deleted."""
+        with self._lock:
+            data = self._entries.pop(bare_locator(locator), None)
+            if data is not None:
+                self._bytes -= len(data)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics.
+
+        ``hits``/``misses`` count ``get`` and ``read_chunks`` lookups.  A miss
+        is either a ``fetch`` (the wrapped store's ``get`` ran), ``joined``
+        (shared another reader's fetch) or ``streamed`` (an uncached
+        ``read_chunks``), so ``misses == fetches + joined + streamed``.
+        """
+        with self._lock:
+            return {
+                "hits": self._hits,
+                "misses": self._misses,
+                "joined": self._joined,
+                "fetches": self._fetch_count,
+                "fetch_errors": self._fetch_errors,
+                "streamed": self._streamed,
+                "evictions": self._evictions,
+                "bytes_cached": self._bytes,
+                "blocks_cached": len(self._entries),
+                "max_bytes": self.max_bytes,
+            }
+
+    # -- internals -----------------------------------------------------------
+
+    def _fetch(self, key: str, locator: str, fetch: _Fetch) -> bytes:
+        """Run the wrapped ``get`` for every reader waiting on ``fetch``.
+
+        The outcome is published to joiners in all cases — including
+        ``KeyboardInterrupt`` and friends, which joiners see as a temporary
+        failure — so nobody waits forever on an abandoned fetch.
+        """
+        try:
+            data = self.store.get(locator)
+        except Exception as exc:
+            self._finish(key, fetch, None, exc)
+            raise
+        except BaseException:
+            self._finish(key, fetch, None, BlockStoreUnavailable(f"fetch of {key} was interrupted"))
+            raise
+        self._finish(key, fetch, data, None)
+        return data
+
+    def _finish(self, key: str, fetch: _Fetch, data: bytes | None, error: BaseException | None) -> None:
+        """Publish a fetch's outcome; cache the bytes if it succeeded."""
+        fetch.data, fetch.error = data, error
+        with self._lock:
+            if self._fetches.get(key) is fetch:
+                del self._fetches[key]
+            if data is not None:
+                self._insert(key, data)
+            else:
+                self._fetch_errors += 1
+        fetch.done.set()
+
+    def _lookup(self, key: str) -> bytes | None:
+        """A cached block, marked most recently used.  Caller holds _lock."""
+        data = self._entries.get(key)
+        if data is not None:
+            self._entries.move_to_end(key)
+            self._hits += 1
+        return data
+
+    def _insert(self, key: str, data: bytes) -> None:
+        """Add a block, evicting least-recently-used ones to stay within
+        ``max_bytes``.  A block bigger than the whole budget is skipped
+        rather than emptying the cache for it.  Caller holds _lock."""
+        size = len(data)
+        if size > self.max_bytes or key in self._entries:
+            return
+        while self._bytes + size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= len(old)
+            self._evictions += 1
+        self._entries[key] = data
+        self._bytes += size
+
+
+def _slices(data: bytes, chunk_size: int) -> Iterator[bytes]:
+    """``data`` in ``chunk_size`` pieces (already verified, so no hold-back)."""
+    view = memoryview(data)
+    for i in range(0, len(view), chunk_size):
+        yield view[i : i + chunk_size].tobytes()

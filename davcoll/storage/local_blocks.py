@@ -1,0 +1,463 @@
+"""The embedded block store: content-addressed blocks in a data directory.
+
+Layout
+------
+``<root>/blocks/<first two hex digits of the md5>/<md5>+<size>``
+
+The file name is the bare locator (md5 *and* size) so that a directory
+listing alone yields locators and sizes for ``davcoll gc``, and so that the
+size a file must have is known before reading it.  256 fan-out directories
+keep each one small (a million blocks is ~4k entries per directory).
+Names starting with ``.`` are temporary: ``.tmp-*`` (a put in progress or
+interrupted by a crash) and ``.trash-*`` (a delete in progress); they are
+never read as blocks and ``remove_stale_temps`` sweeps them.
+
+Durability
+----------
+A block is written to a temporary file in its final directory, fsync'd,
+renamed into place and the directory fsync'd.  So a file under a locator
+name is always complete as written; what can still go wrong is the disk
+itself (bit rot, someone truncating files), which is why every read checks
+size and md5 and reports ``BlockCorrupt`` rather than serving bad bytes.
+
+Errors
+------
+``OSError`` from the file system (full disk, I/O error, permissions) becomes
+``BlockStoreUnavailable`` with a short message; a missing file is
+``BlockNotFound``; wrong size or md5 is ``BlockCorrupt``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+from ..manifest import is_locator, locator_size
+from .blocks import (
+    EMPTY_BLOCK,
+    MAX_BLOCK_SIZE,
+    BlockCorrupt,
+    BlockNotFound,
+    BlockStore,
+    BlockStoreUnavailable,
+    BlockTooLarge,
+    bare_locator,
+)
+
+__all__ = ["LocalBlockStore"]
+
+#: Bytes compared per step when checking an existing copy on a duplicate put.
+_COMPARE_CHUNK = 4 << 20
+
+
+def _md5() -> "hashlib._Hash":
+    """An md5 object; md5 is a content address here, not a security check
+    (so it keeps working on FIPS-restricted builds)."""
+    return hashlib.md5(usedforsecurity=False)
+
+
+def _unavailable(what: str, err: OSError) -> BlockStoreUnavailable:
+    """A short, path-free message: these end up in HTTP error bodies."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return BlockStoreUnavailable(f"local block store: {what}: {reason}")
+
+
+class LocalBlockStore(BlockStore):
+    """Blocks as files under ``<root>/blocks``.
+
+    ``fsync=False`` skips the fsync calls; it is meant for throwaway test
+    directories only (a crash could then leave a truncated block, which reads
+    would report as corrupt).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.blocks_dir = self.root / "blocks"
+        self.fsync = fsync
+        try:
+            self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _unavailable("cannot create the blocks directory", err) from err
+
+    # -- paths -------------------------------------------------------------
+
+    def path_for(self, locator: str) -> Path:
+        """Where a block lives.  Rejects anything that is not a locator, so a
+        crafted "locator" can never name a path outside the store."""
+        key = bare_locator(locator)
+        if not is_locator(key):
+            raise BlockNotFound(f"malformed locator {locator[:80]!r}")
+        return self.blocks_dir / key[:2] / key
+
+    # -- BlockStore API ----------------------------------------------------
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Hash, then write unless an identical copy is already stored."""
+        view = memoryview(data).cast("B")
+        if view.nbytes > MAX_BLOCK_SIZE:
+            raise BlockTooLarge(f"block of {view.nbytes} bytes exceeds 64 MiB")
+        digest = _md5()
+        digest.update(view)  # hashes the buffer in place; releases the GIL
+        key = f"{digest.hexdigest()}+{view.nbytes}"
+        if key == EMPTY_BLOCK:
+            return key
+        path = self.path_for(key)
+        if self._reuse_existing(path, view):
+            return key
+        self._write_new(path, view)
+        return key
+
+    def get(self, locator: str) -> bytes:
+        """The whole block after checking its size and md5."""
+        key = bare_locator(locator)
+        if key == EMPTY_BLOCK:
+            return b""
+        with self._open(key) as f:
+            try:
+                data = f.readall()
+            except OSError as err:
+                raise _unavailable(f"cannot read block {key}", err) from err
+        if len(data) != locator_size(key):
+            raise BlockCorrupt(f"block {key} has {len(data)} bytes on disk")
+        digest = _md5()
+        digest.update(data)
+        if digest.hexdigest() != key[:32]:
+            raise BlockCorrupt(f"block {key} fails its md5 check")
+        return data
+
+    def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the block, holding back the last piece until md5 matches.
+
+        The file is opened here, not on first iteration, so a missing block
+        raises before the caller commits to a response status.
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        key = bare_locator(locator)
+        if key == EMPTY_BLOCK:
+            return iter(())
+        return _VerifiedStream(self._open(key), key, chunk_size)
+
+    def exists(self, locator: str) -> bool:
+        """Whether a file of the right size is stored (content not read)."""
+        key = bare_locator(locator)
+        if key == EMPTY_BLOCK:
+            return True
+        try:
+            st = self.path_for(key).stat()
+        except FileNotFoundError:
+            return False
+        except BlockNotFound:
+            return False
+        except OSError as err:
+            raise _unavailable(f"cannot stat block {key}", err) from err
+        return st.st_size == locator_size(key)
+
+    # -- garbage collection support -------------------------------------------
+
+    def iter_blocks(self) -> Iterator[tuple[str, int, float]]:
+        """``(locator, size_on_disk, mtime)`` of every stored block file.
+
+        ``size_on_disk`` is the file's actual size, so a checker can spot
+        truncated blocks (locator size differs) without reading them.
+        """
+        try:
+            subdirs = sorted(e.name for e in os.scandir(self.blocks_dir) if e.is_dir())
+        except OSError as err:
+            raise _unavailable("cannot list blocks", err) from err
+        for sub in subdirs:
+            yield from self._iter_subdir(sub)
+
+    def delete(self, locator: str, *, unless_newer_than: float | None = None) -> bool:
+        """Remove a block; ``False`` if it was not there (or was kept).
+
+        With ``unless_newer_than`` (a Unix time), a block whose mtime is later
+        is kept.  A ``put`` of an existing block refreshes its mtime, so a gc
+        that decided a block was unreferenced cannot delete it out from
+        under a writer that has just reused it.  To make that check race-free
+        against a concurrent ``put``, the file is first renamed aside and its
+        mtime read there: a put that refreshed it before the rename is seen,
+        and a put after the rename finds no file and writes a fresh copy.
+        """
+        key = bare_locator(locator)
+        path = self.path_for(key)
+        if unless_newer_than is None:
+            return self._unlink(path, key)
+        trash = path.with_name(f".trash-{key}-{secrets.token_hex(4)}")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise _unavailable(f"cannot delete block {key}", err) from err
+        try:
+            recent = trash.stat().st_mtime > unless_newer_than
+            if recent:
+                self._restore(trash, path)
+            else:
+                trash.unlink()
+        except OSError as err:
+            raise _unavailable(f"cannot delete block {key}", err) from err
+        return not recent
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Delete leftover ``.tmp-*``/``.trash-*`` files with mtime before
+        ``older_than`` (a Unix time); returns how many were removed.  Use a
+        cutoff well in the past: a young temp file may be a put in progress."""
+        removed = 0
+        try:
+            subdirs = [e.path for e in os.scandir(self.blocks_dir) if e.is_dir()]
+            for sub in subdirs:
+                for entry in os.scandir(sub):
+                    if entry.name.startswith(".") and entry.stat().st_mtime < older_than:
+                        os.unlink(entry.path)
+                        removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise _unavailable("cannot remove temporary files", err) from err
+        return removed
+
+    # -- internals -----------------------------------------------------------
+
+    def _open(self, key: str) -> IO[bytes]:
+        """Open a block file unbuffered and check its size before any read."""
+        path = self.path_for(key)
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise BlockNotFound(key) from None
+        except OSError as err:
+            raise _unavailable(f"cannot open block {key}", err) from err
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError as err:
+            f.close()
+            raise _unavailable(f"cannot stat block {key}", err) from err
+        if size != locator_size(key):
+            f.close()
+            raise BlockCorrupt(f"block {key} has {size} bytes on disk")
+        return f
+
+    def _reuse_existing(self, path: Path, view: memoryview) -> bool:
+        """True if ``path`` already holds exactly ``view``; refreshes its mtime.
+
+        The content is compared, not just the size: comparing costs a read
+        from (usually) the page cache, and it means a successful put always
+        leaves a good copy behind, even over a bit-rotted one.  If a gc
+        deletes the file between the compare and the mtime refresh, utime
+        fails and the caller writes a new copy.
+        """
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if os.fstat(f.fileno()).st_size != view.nbytes:
+                    return False
+                if not _same_content(f, view):
+                    return False
+            os.utime(path)
+            return True
+        except OSError:
+            # Missing, unreadable, or vanished mid-check: write a fresh copy
+            # (whose own errors are the ones worth reporting).
+            return False
+
+    def _write_new(self, path: Path, view: memoryview) -> None:
+        """Temp file, fsync, rename, fsync directory; no partial file left on
+        failure."""
+        key = path.name
+        self._ensure_dir(path.parent)
+        tmp = path.with_name(f".tmp-{key}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as err:
+            raise _unavailable(f"cannot write block {key}", err) from err
+        try:
+            try:
+                _write_all(fd, view)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as err:
+            _silent_unlink(tmp)
+            raise _unavailable(f"cannot write block {key}", err) from err
+        except BaseException:
+            _silent_unlink(tmp)
+            raise
+        self._sync_dir(path.parent, key)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create a fan-out directory on first use, durably."""
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            return
+        except OSError as err:
+            raise _unavailable("cannot create a blocks subdirectory", err) from err
+        self._sync_dir(self.blocks_dir, directory.name)
+
+    def _sync_dir(self, directory: Path, what: str) -> None:
+        """fsync a directory so a rename or mkdir in it survives a crash."""
+        if not self.fsync:
+            return
+        try:
+            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise _unavailable(f"cannot sync directory for {what}", err) from err
+
+    def _iter_subdir(self, sub: str) -> Iterator[tuple[str, int, float]]:
+        try:
+            entries = list(os.scandir(self.blocks_dir / sub))
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise _unavailable("cannot list blocks", err) from err
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = entry.name
+            if not (is_locator(name) and name.startswith(sub)):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            except OSError as err:
+                raise _unavailable("cannot stat a block", err) from err
+            yield name, st.st_size, st.st_mtime
+
+    def _unlink(self, path: Path, key: str) -> bool:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise _unavailable(f"cannot delete block {key}", err) from err
+        return True
+
+    @staticmethod
+    def _restore(trash: Path, path: Path) -> None:
+        """Put a renamed-aside block back, unless a put already wrote a new
+        copy (link refuses to overwrite, so neither copy is ever lost)."""
+        try:
+            os.link(trash, path)
+        except FileExistsError:
+            pass
+        trash.unlink()
+
+
+class _VerifiedStream:
+    """Iterator over a block file's chunks; the last one is released only
+    after the md5 and size check out.
+
+    A class rather than a generator so the file is closed by ``close()``
+    even if iteration never starts (WSGI servers call ``close`` on the
+    response iterable).
+    """
+
+    def __init__(self, f: IO[bytes], key: str, chunk_size: int) -> None:
+        self._f = f
+        self._key = key
+        self._chunk_size = chunk_size
+        self._remaining = locator_size(key)
+        self._digest = _md5()
+        self._held: bytes | None = None
+        self._finished = False
+
+    def __iter__(self) -> "_VerifiedStream":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._finished:
+            raise StopIteration
+        try:
+            piece = self._read_piece()
+        except BaseException:
+            self.close()
+            raise
+        if piece:
+            held, self._held = self._held, piece
+            if held is not None:
+                return held
+            return self.__next__()
+        # End of file: verify, then release the held-back piece.
+        self.close()
+        self._verify()
+        held, self._held = self._held, None
+        if held is None:
+            raise StopIteration
+        return held
+
+    def close(self) -> None:
+        self._finished = True
+        self._f.close()
+
+    def __del__(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None:
+            f.close()
+
+    def _read_piece(self) -> bytes:
+        """Up to one chunk; b"" at end of file.  Reads past the expected size
+        (the file grew since it was opened) are caught by ``_verify``."""
+        want = self._chunk_size if self._remaining > 0 else 1
+        piece = self._read(want)
+        if 0 < len(piece) < want:  # short read: rare on regular files
+            parts, have = [piece], len(piece)
+            while have < want:
+                more = self._read(want - have)
+                if not more:
+                    break
+                parts.append(more)
+                have += len(more)
+            piece = b"".join(parts)
+        self._remaining -= len(piece)
+        self._digest.update(piece)
+        return piece
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._f.read(n) or b""
+        except OSError as err:
+            raise _unavailable(f"cannot read block {self._key}", err) from err
+
+    def _verify(self) -> None:
+        if self._remaining != 0:
+            raise BlockCorrupt(f"block {self._key} changed size while being read")
+        if self._digest.hexdigest() != self._key[:32]:
+            raise BlockCorrupt(f"block {self._key} fails its md5 check")
+
+
+def _same_content(f: IO[bytes], view: memoryview) -> bool:
+    """Whether the open file holds exactly ``view`` (compared piecewise so
+    only one extra chunk is in memory)."""
+    buf = bytearray(_COMPARE_CHUNK)
+    pos = 0
+    while pos < view.nbytes:
+        n = f.readinto(buf)  # type: ignore[attr-defined]
+        if not n or buf[:n] != view[pos : pos + n]:
+            return False
+        pos += n
+    return f.read(1) == b""
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    """os.write until everything is written (it may write less than asked)."""
+    pos = 0
+    while pos < view.nbytes:
+        pos += os.write(fd, view[pos:])
+
+
+def _silent_unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
