@@ -1,0 +1,30 @@
+"""The collection filesystem: an in-memory tree over a manifest.
+
+It knows nothing of HTTP or WsgiDAV and talks to blocks only through the
+``BlockStore`` interface.  See ``tree.py`` for the model and lock order.
+"""
+
+from .buffers import BufferBlock, ByteBudget, Flusher
+from .errors import (
+    AlreadyExists,
+    BusyError,
+    CorruptManifest,
+    FsError,
+    InvalidMove,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    ParentNotFound,
+    ReadOnly,
+    StorageFailure,
+)
+from .io import FileReader, FileWriter
+from .tree import VIRTUAL_RECORD_NAME, ChangeSet, CollectionTree, DirNode, Stat, check_name, split_path
+
+__all__ = [
+    "AlreadyExists", "BufferBlock", "BusyError", "ByteBudget", "ChangeSet", "CollectionTree",
+    "CorruptManifest", "DirNode", "FileReader", "FileWriter", "Flusher", "FsError", "InvalidMove",
+    "InvalidName", "IsADirectory", "NotADirectory", "NotFound", "ParentNotFound", "ReadOnly", "Stat",
+    "StorageFailure", "VIRTUAL_RECORD_NAME", "check_name", "split_path",
+]

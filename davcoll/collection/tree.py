@@ -1,0 +1,785 @@
+"""The in-memory collection tree: every WebDAV method becomes an operation here.
+
+Model
+-----
+A directory is a ``DirNode``; a file is an immutable tuple of segments (see
+``segments.py``).  Directories load lazily from the manifest's stream index:
+a ``DirNode`` whose ``children`` is None has not been parsed yet, and only
+directories that are touched ever are.
+
+Changes
+-------
+Mutations happen inside a ``ChangeSet`` (one per request).  The first
+mutation takes the collection's writer lock; the change set records an undo
+entry for every mutation and an *operation* (put, mkdir, delete, copy, move,
+import) that compiles to the catalog's ``replace_files`` delta.  The session
+commits the delta and then calls ``committed()``, or ``rollback()`` restores
+the tree exactly.  Holding the writer lock from first mutation to commit
+gives all writers of one collection a single order, so the local tree and
+the catalog apply changes in the same order.
+
+Lock order (outer to inner); never hold any of them across block I/O:
+  1. ``CollectionTree.writer`` -- one per opened collection; held by a
+     ChangeSet from its first mutation until commit or rollback (the commit
+     is the only I/O done under it).  A request that changes two collections
+     takes both writer locks in UUID order (``ChangeSet.lock_trees``).
+  2. ``CollectionTree._lock`` -- guards the node structure (children dicts,
+     caches, ``version``/``record``).  Short critical sections only.
+  3. ``ByteBudget._cond`` (buffers.py).
+Readers take only ``_lock``, briefly, to resolve a path and snapshot a
+segment tuple; streaming then happens without any lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from ..manifest import (
+    Dir,
+    Manifest,
+    ManifestError,
+    StreamIndex,
+    escape_name,
+    index_streams,
+    render_empty_dir,
+    render_stream,
+)
+from ..storage.blocks import BlockStore
+from .buffers import BufferBlock, ByteBudget, Flusher
+from .errors import (
+    AlreadyExists,
+    BusyError,
+    CorruptManifest,
+    InvalidMove,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    ParentNotFound,
+    ReadOnly,
+)
+from .io import FileReader, FileWriter
+from .segments import Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
+
+VIRTUAL_RECORD_NAME = ".arvados#collection"
+WRITER_LOCK_TIMEOUT = 120.0
+
+
+def check_name(name: str) -> str:
+    """Validate one path component (raises InvalidName)."""
+    if not name or name == "." or name == ".." or "/" in name or "\x00" in name:
+        raise InvalidName(f"invalid name {name!r}")
+    return name
+
+
+def split_path(path: str) -> list[str]:
+    """Components of a collection-relative path ('' or '/' is the root)."""
+    parts = [p for p in path.split("/") if p]
+    for p in parts:
+        check_name(p)
+    return parts
+
+
+class DirNode:
+    """A directory.  ``children`` is None until loaded from ``src``."""
+
+    __slots__ = ("children", "src", "tail", "mtimes")
+
+    def __init__(self, children: dict | None = None, src: str | None = None) -> None:
+        self.children: dict[str, Any] | None = children
+        # Directory path in the source StreamIndex this node loads from.
+        self.src = src
+        # Cached stream line of this directory's own files *without* the
+        # stream name (" <locators> <tokens>\n"), '' when it has no files,
+        # None when it must be rendered again.
+        self.tail: str | None = None
+        # Modification times of entries changed in this process.
+        self.mtimes: dict[str, float] | None = None
+
+
+class Stat:
+    __slots__ = ("is_dir", "size", "mtime", "etag")
+
+    def __init__(self, is_dir: bool, size: int, mtime: float, etag: str | None) -> None:
+        self.is_dir = is_dir
+        self.size = size
+        self.mtime = mtime
+        self.etag = etag
+
+    def __repr__(self) -> str:
+        return f"Stat(is_dir={self.is_dir}, size={self.size}, etag={self.etag})"
+
+
+class CollectionTree:
+    """One opened collection (see module docstring)."""
+
+    def __init__(
+        self,
+        manifest_text: str = "",
+        *,
+        store: BlockStore,
+        flusher: Flusher,
+        budget: ByteBudget,
+        readonly: bool = False,
+        trusted_normalized: bool = False,
+        uuid: str = "",
+        version: int = 0,
+        mtime: float | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            self._index: StreamIndex = index_streams(manifest_text)
+        except ManifestError as e:
+            raise CorruptManifest(str(e)) from e
+        self.store = store
+        self.flusher = flusher
+        self.budget = budget
+        self.readonly = readonly
+        self.uuid = uuid
+        self.version = version
+        self.mtime = mtime if mtime is not None else time.time()
+        self.record: dict[str, Any] = dict(record or {})
+        # True when the stored manifest is known to be in our normalized
+        # layout, so untouched directories' lines can be reused verbatim.
+        self._trusted = trusted_normalized
+        self.root = DirNode(src="")
+        self._lock = threading.RLock()
+        self.writer = threading.RLock()
+        # Set when the catalog may hold changes this tree has not seen.
+        self.stale = False
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, node: DirNode) -> dict[str, Any]:
+        """Children of ``node``, parsing its stream lines on first use."""
+        ch = node.children
+        if ch is not None:
+            return ch
+        src = node.src or ""
+        try:
+            files = self._index.load_dir(src)
+        except ManifestError as e:
+            raise CorruptManifest(str(e)) from e
+        ch = dict(files)
+        for sub in self._index.children.get(src, ()):
+            ch[sub] = DirNode(src=f"{src}/{sub}" if src else sub)
+        node.tail = self._trusted_tail(src)
+        node.children = ch
+        return ch
+
+    def _trusted_tail(self, src: str) -> str | None:
+        """The cached own-files line of an untouched directory, if reusable."""
+        if not self._trusted:
+            return None
+        lines = self._index.lines.get(src)
+        if not lines:
+            return ""
+        if len(lines) != 1:
+            return None
+        text = lines[0][1]
+        sp = text.index(" ")
+        if text.endswith(" 0:0:\\056") and text.count(":") == 2:
+            return ""  # an empty-directory marker line
+        return text[sp:] + "\n"
+
+    def _walk(self, parts: list[str]) -> Any:
+        """Entry at ``parts`` (DirNode or segment tuple); caller holds _lock."""
+        node: Any = self.root
+        for i, part in enumerate(parts):
+            if type(node) is not DirNode:
+                raise NotADirectory("/".join(parts[:i]))
+            node = self._load(node).get(part)
+            if node is None:
+                raise NotFound("/".join(parts[: i + 1]))
+        return node
+
+    def _parent(self, parts: list[str]) -> tuple[DirNode, dict[str, Any], str]:
+        """Parent directory node, its children and the last name."""
+        if not parts:
+            raise InvalidName("the collection root has no parent")
+        try:
+            parent = self._walk(parts[:-1])
+        except NotFound as e:
+            raise ParentNotFound(str(e)) from e
+        if type(parent) is not DirNode:
+            raise NotADirectory("/".join(parts[:-1]))
+        return parent, self._load(parent), parts[-1]
+
+    # ------------------------------------------------------------------ reading
+
+    def _is_virtual(self, parts: list[str]) -> bool:
+        return len(parts) == 1 and parts[0] == VIRTUAL_RECORD_NAME
+
+    def record_json(self) -> bytes:
+        """Content of the virtual ``.arvados#collection`` file."""
+        with self._lock:
+            rec = dict(self.record)
+        rec["manifest_text"] = self.marshal()
+        keys = ("uuid", "name", "portable_data_hash", "manifest_text", "properties", "modified_at", "version")
+        return (json.dumps({k: rec.get(k) for k in keys}, indent=2, sort_keys=True) + "\n").encode()
+
+    def stat(self, path: str) -> Stat:
+        parts = [p for p in path.split("/") if p]
+        if self._is_virtual(parts):
+            return Stat(False, len(self.record_json()), self.mtime, None)
+        split_path(path)
+        with self._lock:
+            node = self._walk(parts)
+            return self._stat_entry(node, parts[-1] if parts else "", self._mtime_of(parts))
+
+    def _mtime_of(self, parts: list[str]) -> float:
+        if not parts:
+            return self.mtime
+        try:
+            parent = self._walk(parts[:-1])
+        except (NotFound, NotADirectory):
+            return self.mtime
+        mt = parent.mtimes
+        return mt.get(parts[-1], self.mtime) if mt else self.mtime
+
+    def _stat_entry(self, node: Any, name: str, mtime: float) -> Stat:
+        if type(node) is DirNode:
+            return Stat(True, 0, mtime, None)
+        return Stat(False, size_of(node), mtime, etag_of(node))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except (NotFound, NotADirectory, InvalidName):
+            return False
+
+    def listdir(self, path: str) -> list[tuple[str, Stat]]:
+        """Entries of a directory with their stats (sorted by name)."""
+        parts = split_path(path)
+        with self._lock:
+            node = self._walk(parts)
+            if type(node) is not DirNode:
+                raise NotADirectory(path)
+            ch = self._load(node)
+            mt = node.mtimes or {}
+            default = self.mtime
+            out = []
+            for name in sorted(ch):
+                v = ch[name]
+                if type(v) is DirNode:
+                    out.append((name, Stat(True, 0, mt.get(name, default), None)))
+                else:
+                    out.append((name, Stat(False, size_of(v), mt.get(name, default), etag_of(v))))
+            return out
+
+    def names(self, path: str) -> list[str]:
+        parts = split_path(path)
+        with self._lock:
+            node = self._walk(parts)
+            if type(node) is not DirNode:
+                raise NotADirectory(path)
+            return sorted(self._load(node))
+
+    def snapshot(self, path: str) -> Segments:
+        """The segment tuple of a file (immutable; safe to read unlocked)."""
+        parts = split_path(path)
+        with self._lock:
+            node = self._walk(parts)
+        if type(node) is DirNode:
+            raise IsADirectory(path)
+        return node
+
+    def open_read(self, path: str) -> FileReader | Any:
+        parts = [p for p in path.split("/") if p]
+        if self._is_virtual(parts):
+            import io
+
+            return io.BytesIO(self.record_json())
+        return FileReader(self.snapshot(path), self.store)
+
+    def new_writer(self) -> FileWriter:
+        if self.readonly:
+            raise ReadOnly("collection snapshot is read-only")
+        return FileWriter(self.flusher, self.budget)
+
+    # ------------------------------------------------------------------ mutations
+
+    def _check_writable(self, parts: list[str]) -> None:
+        if self.readonly:
+            raise ReadOnly("collection snapshot is read-only")
+        if self._is_virtual(parts):
+            raise ReadOnly(f"{VIRTUAL_RECORD_NAME} is read-only")
+
+    def _set(self, change: "ChangeSet", parent: DirNode, ch: dict, name: str, value: Any) -> None:
+        """Set or delete (value None) one entry, recording undo information."""
+        old = ch.get(name)
+        old_mtime = parent.mtimes.get(name) if parent.mtimes else None
+        change._undo.append((parent, name, old, old_mtime, parent.tail))
+        if value is None:
+            ch.pop(name, None)
+            if parent.mtimes:
+                parent.mtimes.pop(name, None)
+        else:
+            ch[name] = value
+            if parent.mtimes is None:
+                parent.mtimes = {}
+            parent.mtimes[name] = time.time()
+        if type(old) is tuple or type(value) is tuple:
+            parent.tail = None  # own-files line changed
+
+    def put_file(self, change: "ChangeSet", path: str, segs: Segments) -> bool:
+        """Install finished content at ``path``; returns True if it was new."""
+        parts = split_path(path)
+        self._check_writable(parts)
+        change.acquire(self)
+        with self._lock:
+            parent, ch, name = self._parent(parts)
+            old = ch.get(name)
+            if type(old) is DirNode:
+                raise IsADirectory(path)
+            if old is not None and old == segs:
+                return False
+            self._set(change, parent, ch, name, segs)
+        change._ops.append(("put", self, "/".join(parts), segs))
+        return old is None
+
+    def mkdir(self, change: "ChangeSet", path: str) -> None:
+        parts = split_path(path)
+        self._check_writable(parts)
+        change.acquire(self)
+        with self._lock:
+            parent, ch, name = self._parent(parts)
+            if name in ch:
+                raise AlreadyExists(path)
+            self._set(change, parent, ch, name, DirNode(children={}))
+        change._ops.append(("mkdir", self, "/".join(parts), None))
+
+    def remove(self, change: "ChangeSet", path: str) -> None:
+        """Delete a file, or a directory recursively."""
+        parts = split_path(path)
+        self._check_writable(parts)
+        if not parts:
+            raise InvalidMove("cannot delete the collection root here")
+        change.acquire(self)
+        with self._lock:
+            parent, ch, name = self._parent(parts)
+            if name not in ch:
+                raise NotFound(path)
+            self._set(change, parent, ch, name, None)
+        change._ops.append(("delete", self, "/".join(parts), None))
+
+    def _copy_entry(self, entry: Any) -> Any:
+        """A structurally independent copy (segment tuples are shared)."""
+        if type(entry) is not DirNode:
+            return entry
+        if entry.children is None:
+            return DirNode(src=entry.src)
+        new = DirNode(children={k: self._copy_entry(v) for k, v in entry.children.items()})
+        new.tail = entry.tail
+        return new
+
+    def rename(self, change: "ChangeSet", src: str, dst: str, *, overwrite: bool = True) -> bool:
+        """Move an entry (segment references only).  Returns True if dst was new."""
+        return self._move_or_copy(change, src, dst, overwrite=overwrite, move=True)
+
+    def copy(self, change: "ChangeSet", src: str, dst: str, *, overwrite: bool = True, recursive: bool = True) -> bool:
+        """Copy an entry (segment references only).  ``recursive=False``
+        copies a directory without its members (WebDAV COPY Depth: 0)."""
+        return self._move_or_copy(change, src, dst, overwrite=overwrite, move=False, recursive=recursive)
+
+    def _move_or_copy(self, change: "ChangeSet", src: str, dst: str, *, overwrite: bool, move: bool, recursive: bool = True) -> bool:
+        sp = split_path(src)
+        dp = split_path(dst)
+        self._check_writable(sp if move else dp)
+        self._check_writable(dp)
+        if not sp or not dp:
+            raise InvalidMove("cannot move or copy the collection root")
+        if sp == dp:
+            raise InvalidMove("source and destination are the same")
+        if dp[: len(sp)] == sp:
+            raise InvalidMove("cannot move or copy a directory into itself")
+        change.acquire(self)
+        with self._lock:
+            entry = self._walk(sp)
+            dparent, dch, dname = self._parent(dp)
+            existing = dch.get(dname)
+            if existing is not None and not overwrite:
+                raise AlreadyExists(dst)
+            if type(entry) is DirNode and not recursive:
+                value: Any = DirNode(children={})
+                kind = "mkdir"
+            else:
+                value = self._copy_entry(entry) if not move else entry
+                kind = "move" if move else "copy"
+            if move:
+                sparent, sch, sname = self._parent(sp)
+                self._set(change, sparent, sch, sname, None)
+            self._set(change, dparent, dch, dname, value)
+        src_path, dst_path = "/".join(sp), "/".join(dp)
+        change._ops.append((kind, self, dst_path, src_path if kind != "mkdir" else None))
+        return existing is None
+
+    def import_entry(self, change: "ChangeSet", src_tree: "CollectionTree", src: str, dst: str, *, overwrite: bool = True, recursive: bool = True) -> bool:
+        """Copy an entry from another collection tree (references only)."""
+        sp = split_path(src)
+        dp = split_path(dst)
+        self._check_writable(dp)
+        if not dp:
+            raise InvalidMove("cannot replace the collection root")
+        with src_tree._lock:
+            entry = src_tree._walk(sp) if sp else src_tree.root
+            if type(entry) is DirNode:
+                content: Any = src_tree._materialize(entry) if recursive else Dir()
+            else:
+                content = entry
+        change.acquire(self)
+        with self._lock:
+            dparent, dch, dname = self._parent(dp)
+            existing = dch.get(dname)
+            if existing is not None and not overwrite:
+                raise AlreadyExists(dst)
+            value = self._from_dir(content) if isinstance(content, Dir) else content
+            self._set(change, dparent, dch, dname, value)
+        change._ops.append(("import", self, "/".join(dp), content))
+        return existing is None
+
+    def _materialize(self, node: DirNode) -> Dir:
+        """A fully loaded ``manifest.Dir`` copy of a subtree (caller holds _lock)."""
+        out = Dir()
+        for name, v in self._load(node).items():
+            out[name] = self._materialize(v) if type(v) is DirNode else v
+        return out
+
+    def _from_dir(self, d: Dir) -> DirNode:
+        return DirNode(children={k: (self._from_dir(v) if isinstance(v, Dir) else v) for k, v in d.items()})
+
+    def truncate(self, change: "ChangeSet", path: str, size: int) -> None:
+        """Shrink or grow (with zero bytes) a file."""
+        parts = split_path(path)
+        self._check_writable(parts)
+        with self._lock:
+            segs = self._walk(parts)
+        if type(segs) is DirNode:
+            raise IsADirectory(path)
+        cur = size_of(segs)
+        if size <= cur:
+            new = merge(slice_segments(segs, 0, size))
+        else:
+            new = merge(list(segs) + _zero_segments(size - cur, self.budget))
+        self.put_file(change, path, new)
+
+    def write_at(self, change: "ChangeSet", path: str, offset: int, data: bytes) -> None:
+        """Random-access write; creates the file if missing, zero-fills gaps."""
+        parts = split_path(path)
+        self._check_writable(parts)
+        with self._lock:
+            try:
+                segs = self._walk(parts)
+            except NotFound:
+                segs = ()
+        if type(segs) is DirNode:
+            raise IsADirectory(path)
+        cur = size_of(segs)
+        new: list[tuple] = list(slice_segments(segs, 0, min(offset, cur)))
+        if offset > cur:
+            new += _zero_segments(offset - cur, self.budget)
+        if data:
+            buf = BufferBlock(self.budget, data)
+            buf.reserved = 0
+            new.append((buf, 0, len(data)))
+        new += slice_segments(segs, offset + len(data), cur)
+        self.put_file(change, path, merge(new))
+
+    # ------------------------------------------------------------------ marshal
+
+    def marshal(self, *, strip: bool = False) -> str:
+        """Full manifest text; unchanged directories reuse their cached line.
+
+        Every segment must be stored (``ChangeSet.flush`` does that).
+        """
+        out: list[str] = []
+        with self._lock:
+            self._marshal_dir(self.root, ".", out, strip)
+        return "".join(out)
+
+    def _marshal_dir(self, node: DirNode, sname: str, out: list[str], strip: bool) -> None:
+        if node.children is None and not strip:
+            tail = self._trusted_tail(node.src or "")
+            if tail is not None:
+                subs = sorted(self._index.children.get(node.src or "", ()))
+                if tail:
+                    out.append(sname + tail)
+                elif not subs and sname != ".":
+                    out.append(render_empty_dir(sname))
+                for sub in subs:
+                    child = DirNode(src=f"{node.src}/{sub}" if node.src else sub)
+                    self._marshal_dir(child, sname + "/" + escape_name(sub), out, strip)
+                return
+        ch = self._load(node)
+        files = []
+        subdirs = []
+        for name in sorted(ch):
+            v = ch[name]
+            if type(v) is DirNode:
+                subdirs.append((name, v))
+            else:
+                files.append((name, v))
+        tail = None if strip else node.tail
+        if tail is None:
+            if files:
+                line = render_stream(sname, [(n, resolve_all(s)) for n, s in files], strip=strip)
+                tail = line[len(sname) :]
+            else:
+                tail = ""
+            if not strip and all(is_stored(s) for _, s in files):
+                node.tail = tail
+        if tail:
+            out.append(sname + tail)
+        elif not ch and sname != ".":
+            out.append(render_empty_dir(sname))
+        for name, sub in subdirs:
+            self._marshal_dir(sub, sname + "/" + escape_name(name), out, strip)
+
+    def walk_files(self, path: str = "") -> Iterator[tuple[str, Segments]]:
+        """Every file under ``path`` (loads the subtree)."""
+        parts = split_path(path)
+        with self._lock:
+            node = self._walk(parts)
+            if type(node) is not DirNode:
+                yield "/".join(parts), node
+                return
+            items = list(self._materialize_items(node, "/".join(parts)))
+        yield from items
+
+    def _materialize_items(self, node: DirNode, prefix: str) -> Iterator[tuple[str, Segments]]:
+        for name in sorted(self._load(node)):
+            v = node.children[name]  # type: ignore[index]
+            p = f"{prefix}/{name}" if prefix else name
+            if type(v) is DirNode:
+                yield from self._materialize_items(v, p)
+            else:
+                yield p, v
+
+
+def _zero_segments(n: int, budget: ByteBudget) -> list[tuple]:
+    """Segments of ``n`` zero bytes, sharing one buffered zero block."""
+    if n <= 0:
+        return []
+    chunk = min(n, 1 << 20)
+    zeros = BufferBlock(None, bytes(chunk))
+    out = []
+    while n > 0:
+        k = min(n, chunk)
+        out.append((zeros, 0, k))
+        n -= k
+    return out
+
+
+# ---------------------------------------------------------------------- changes
+
+
+class ChangeSet:
+    """The mutations of one request, their undo log and their catalog delta."""
+
+    def __init__(self, lock_timeout: float = WRITER_LOCK_TIMEOUT) -> None:
+        self._locked: list[CollectionTree] = []
+        self._undo: list[tuple] = []
+        self._ops: list[tuple] = []
+        self._lock_timeout = lock_timeout
+
+    @property
+    def trees(self) -> list[CollectionTree]:
+        return list(self._locked)
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def acquire(self, tree: CollectionTree) -> None:
+        """Take ``tree``'s writer lock for the rest of this change."""
+        if any(t is tree for t in self._locked):
+            return
+        if not tree.writer.acquire(timeout=self._lock_timeout):
+            raise BusyError("collection is busy; try again")
+        self._locked.append(tree)
+
+    def lock_trees(self, *trees: CollectionTree) -> None:
+        """Take several writer locks in a deadlock-free (UUID) order."""
+        for t in sorted(trees, key=lambda t: (t.uuid, id(t))):
+            self.acquire(t)
+
+    def ops_for(self, tree: CollectionTree) -> list[tuple]:
+        return [op for op in self._ops if op[1] is tree]
+
+    def flush(self) -> None:
+        """Store every still-buffered byte this change references.
+
+        Small buffers are packed together into shared blocks (up to 64 MiB);
+        a buffer of 32 MiB or more is stored on its own.
+        """
+        pending: dict[int, BufferBlock] = {}
+        for kind, _tree, _path, arg in self._ops:
+            for segs in _segment_lists(kind, arg):
+                for seg in segs:
+                    src = seg[0]
+                    if type(src) is not str and src.locator is None:
+                        pending[id(src)] = src
+        if not pending:
+            return
+        flusher = self._locked[0].flusher if self._locked else None
+        assert flusher is not None
+        pack_limit = 1 << 26
+        big = [b for b in pending.values() if len(b) >= pack_limit // 2]
+        small = sorted((b for b in pending.values() if len(b) < pack_limit // 2), key=len, reverse=True)
+        for b in big:
+            flusher.store_now(b)
+        packs: list[list[BufferBlock]] = []
+        sizes: list[int] = []
+        for b in small:
+            for i, s in enumerate(sizes):
+                if s + len(b) <= pack_limit:
+                    packs[i].append(b)
+                    sizes[i] += len(b)
+                    break
+            else:
+                packs.append([b])
+                sizes.append(len(b))
+        for pack in packs:
+            if len(pack) == 1:
+                flusher.store_now(pack[0])
+                continue
+            combined = BufferBlock(None)
+            bases = []
+            for b in pack:
+                bases.append(len(combined))
+                assert b.data is not None
+                combined.data += b.data  # type: ignore[operator]
+            loc = flusher.store_now(combined)
+            for b, base in zip(pack, bases):
+                b.stored(loc, base)
+
+    def batches(self, tree: CollectionTree) -> list[tuple[dict[str, str], str]]:
+        """Compile this change's operations on ``tree`` into catalog updates.
+
+        Consecutive operations share one ``replace_files`` map while none of
+        their paths overlap; an overlap starts a new batch, because a
+        ``current/`` source always reads the catalog's state *before* the
+        update.  Returns ``[(replace_files, manifest_text), ...]``.
+        """
+        out: list[tuple[dict[str, str], str]] = []
+        rf: dict[str, str] = {}
+        content = Dir()
+        used: list[str] = []
+
+        def overlaps(p: str) -> bool:
+            return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
+
+        def close_batch() -> None:
+            nonlocal rf, content, used
+            if rf:
+                out.append((rf, Manifest(content).to_text()))
+            rf, content, used = {}, Dir(), []
+
+        for kind, t, path, arg in self._ops:
+            if t is not tree:
+                continue
+            paths = [path] + ([arg] if kind in ("copy", "move") else [])
+            if any(overlaps(p) for p in paths):
+                close_batch()
+            used.extend(paths)
+            target = "/" + path
+            if kind == "delete":
+                rf[target] = ""
+            elif kind in ("copy", "move"):
+                rf[target] = "current/" + arg
+                if kind == "move":
+                    rf["/" + arg] = ""
+            else:
+                rf[target] = "manifest_text/" + path
+                _place_content(content, path, kind, arg)
+        close_batch()
+        return out
+
+    def committed(self, tree: CollectionTree, *, version: int, record: dict[str, Any] | None = None, fresh: bool = True) -> None:
+        """The catalog accepted this change's updates for ``tree``."""
+        with tree._lock:
+            tree.version = version
+            if record:
+                tree.record.update(record)
+            if not fresh:
+                tree.stale = True
+        self._ops = [op for op in self._ops if op[1] is not tree]
+
+    def rollback(self) -> None:
+        """Undo every mutation, newest first, and forget the operations."""
+        trees = sorted(self._locked, key=lambda t: (t.uuid, id(t)))
+        for t in trees:
+            t._lock.acquire()
+        try:
+            self._undo_all()
+        finally:
+            for t in reversed(trees):
+                t._lock.release()
+        self._ops.clear()
+
+    def _undo_all(self) -> None:
+        for parent, name, old, old_mtime, old_tail in reversed(self._undo):
+            ch = parent.children
+            if ch is None:
+                continue
+            if old is None:
+                ch.pop(name, None)
+            else:
+                ch[name] = old
+            if parent.mtimes is not None:
+                if old_mtime is None:
+                    parent.mtimes.pop(name, None)
+                else:
+                    parent.mtimes[name] = old_mtime
+            parent.tail = old_tail
+        self._undo.clear()
+
+    def release(self) -> None:
+        """Drop the writer locks (after commit or rollback)."""
+        self._undo.clear()
+        while self._locked:
+            self._locked.pop().writer.release()
+
+
+def _segment_lists(kind: str, arg: Any) -> Iterator[Segments]:
+    if kind == "put":
+        yield arg
+    elif kind == "import":
+        if isinstance(arg, Dir):
+            stack = [arg]
+            while stack:
+                d = stack.pop()
+                for v in d.values():
+                    if isinstance(v, Dir):
+                        stack.append(v)
+                    else:
+                        yield v
+        else:
+            yield arg
+
+
+def _place_content(content: Dir, path: str, kind: str, arg: Any) -> None:
+    """Put a put/mkdir/import operation's content at ``path`` in ``content``."""
+    parts = path.split("/")
+    d = content
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if not isinstance(nxt, Dir):
+            nxt = d[p] = Dir()
+        d = nxt
+    if kind == "mkdir":
+        d[parts[-1]] = Dir()
+    elif kind == "put":
+        d[parts[-1]] = resolve_all(arg)
+    else:
+        d[parts[-1]] = _resolve_dir(arg) if isinstance(arg, Dir) else resolve_all(arg)
+
+
+def _resolve_dir(d: Dir) -> Dir:
+    out = Dir()
+    for k, v in d.items():
+        out[k] = _resolve_dir(v) if isinstance(v, Dir) else resolve_all(v)
+    return out
