@@ -34,9 +34,12 @@ re-render only the directories that changed.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
+import threading
 from bisect import bisect_right
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
 
@@ -99,7 +102,6 @@ _NEEDS_ESCAPE = re.compile(r"[\x00-\x20:\\]")
 # What the server accepts inside a name token: no raw control/space bytes, and
 # a backslash only as the start of \[0-3][0-7][0-7].
 _BAD_RAW = re.compile(r"[\x00-\x20]|\\(?![0-3][0-7][0-7])")
-_BAD_RAW_LINE = re.compile(r"[\x00-\x1f]|\\(?![0-3][0-7][0-7])")
 _HIGH_OCTAL = re.compile(r"\\[4-7][0-7][0-7]")
 _OCTAL_BYTES = re.compile(rb"\\([0-3][0-7][0-7])")
 
@@ -368,6 +370,24 @@ def _emit_dir(d: Dir, stream_name: str, out: list[str], strip: bool) -> None:
 
 # ---------------------------------------------------------------------------
 # Parsing
+#
+# Each line goes through a fast path (``_parse_line_fast``) that leans on C
+# string methods and one ``findall`` for the file tokens.  It returns None as
+# soon as anything looks unusual; the line is then re-parsed token by token by
+# ``_parse_line_checked``, which is the readable statement of the rules and
+# produces the precise error.  Both must agree on every line the fast path
+# accepts (tests fuzz them against each other).
+
+# A file token together with the space before it.  Anchoring on the space
+# makes every match start at a token boundary, so "number of matches ==
+# number of spaces" proves the whole section is well-formed file tokens.
+# Positions are capped at 18 digits so ``int`` stays cheap and bounded;
+# longer spellings take the checked path.
+_FILE_TOKEN_RE = re.compile(r" ([0-9]{1,18}):([0-9]{1,18}):([^ ]+)")
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
+_BAD_ESCAPE_RE = re.compile(r"\\(?![0-3][0-7][0-7])")
+_DOT_NAMES = frozenset((".", ".."))
+_MAX_DIGITS = 20  # beyond this a decimal cannot be a valid size or position
 
 
 def _check_path_components(parts: list[str], what: str, raw: str, line: int) -> None:
@@ -378,7 +398,12 @@ def _check_path_components(parts: list[str], what: str, raw: str, line: int) -> 
 
 def _decode_stream_name(token: str, line: int) -> str:
     """Decoded directory path of a stream token: '' for '.', 'a/b' for './a/b'."""
-    name = unescape_name(token, line)
+    if token == ".":
+        return ""
+    try:
+        name = unescape_name(token, line)
+    except ManifestError as e:
+        raise ManifestError(f"invalid stream name: {e.reason}", line) from None
     if name == ".":
         return ""
     if not name.startswith("./"):
@@ -388,79 +413,98 @@ def _decode_stream_name(token: str, line: int) -> str:
     return rest
 
 
-def parse_stream(line_text: str, line: int = 1) -> tuple[str, list[tuple[str, FileSegments]]]:
-    """Parse one stream line (without its newline).
+def _decimal(digits: str, what: str, tok: str, line: int) -> int:
+    """``int(digits)`` without Python's 4300-digit ValueError on absurd input."""
+    if len(digits) > _MAX_DIGITS and len(digits.lstrip("0")) > _MAX_DIGITS:
+        raise ManifestError(f"{what} out of range in {tok!r}", line)
+    return int(digits)
 
-    Returns ``(dir_path, entries)``: ``dir_path`` is the decoded directory
-    ('' for the root) and ``entries`` lists ``(relative path, segments)`` in
-    token order; a relative path contains ``/`` when the token named a file
-    in a subdirectory.  Empty-directory markers produce no entry (the line
-    itself already says the directory exists).
+
+def _segments_for(p: int, end: int, starts: list[int], ends: list[int], locs: list[str]) -> FileSegments:
+    """Map stream range [p, end) (non-empty, within the stream) to block segments."""
+    k = bisect_right(starts, p) - 1
+    bend = ends[k]
+    if end <= bend:
+        return ((locs[k], p - starts[k], end - p),)
+    segs = []
+    while p < end:
+        bend = ends[k]
+        if bend > p:  # zero-size blocks contribute nothing
+            take = (end if end < bend else bend) - p
+            segs.append((locs[k], p - starts[k], take))
+            p += take
+        k += 1
+    return tuple(segs)
+
+
+def _parse_line_checked(line_text: str, line: int) -> tuple[str, list[tuple[str, FileSegments]], bool]:
+    """Token-by-token parse of one line: the reference rules, precise errors.
+
+    Returns ``(dir_path, entries, has_subpaths)`` like ``_parse_line_fast``.
     """
     if not line_text:
         raise ManifestError("missing stream name (blank line)", line)
-    if _BAD_RAW_LINE.search(line_text) is not None:
-        # Locate the offending token for a precise message.
-        for tok in line_text.split(" "):
-            if tok:
-                unescape_name(tok, line)
     tokens = line_text.split(" ")
-    if tokens[-1] == "":
-        raise ManifestError("trailing space", line)
     if tokens[0] == "":
         raise ManifestError("missing stream name (leading space)", line)
+    dir_path = _decode_stream_name(tokens[0], line)
+    if tokens[-1] == "":
+        raise ManifestError("trailing space", line)
     if "" in tokens:
         raise ManifestError("empty token (two spaces)", line)
-    dir_path = _decode_stream_name(tokens[0], line)
 
     # Block locators.
     n = len(tokens)
     i = 1
     starts: list[int] = []
+    ends: list[int] = []
     locs: list[str] = []
     pos = 0
-    match = _LOCATOR_RE.fullmatch
     while i < n:
         tok = tokens[i]
-        m = match(tok)
+        m = _LOCATOR_RE.fullmatch(tok)
         if m is None:
             break
-        size = int(m.group(2))
+        size = _decimal(m.group(2), "block size", tok, line)
         if size > MAX_BLOCK_SIZE:
             raise ManifestError(f"block {tok!r} is larger than 64 MiB", line)
         starts.append(pos)
         locs.append(tok)
         pos += size
+        ends.append(pos)
         i += 1
     if not locs:
         tok = tokens[1] if n > 1 else ""
         if _LOOSE_LOCATOR_RE.fullmatch(tok):
-            raise ManifestError(f"locator {tok!r} must have lower-case hex and a size hint", line)
+            raise ManifestError(f"invalid locator {tok!r}: needs lower-case hex and a size hint", line)
+        if _BAD_RAW.search(tok):
+            raise ManifestError(f"invalid locator {tok!r}: bad character", line)
         raise ManifestError(f"missing or invalid locator {tok!r}", line)
     if i == n:
         raise ManifestError("no file tokens", line)
     stream_len = pos
-    single = len(locs) == 1
-    loc0 = locs[0]
 
     entries: list[tuple[str, FileSegments]] = []
-    append = entries.append
+    subpaths = False
     for j in range(i, n):
         tok = tokens[j]
         parts = tok.split(":", 2)
         if len(parts) != 3:
             raise ManifestError(f"invalid file token {tok!r}", line)
-        ps, ls, name = parts
-        if not (ps.isdigit() and ls.isdigit() and ps.isascii() and ls.isascii()) or not name:
+        ps, ls, raw_name = parts
+        if not (ps.isdigit() and ls.isdigit() and ps.isascii() and ls.isascii()) or not raw_name:
             if _LOOSE_LOCATOR_RE.fullmatch(tok):
-                raise ManifestError(f"locator {tok!r} after file tokens", line)
+                raise ManifestError(f"invalid file token {tok!r}: locator after file tokens", line)
             raise ManifestError(f"invalid file token {tok!r}", line)
-        p = int(ps)
-        ln = int(ls)
-        if "\\" in name:
-            name = unescape_name(name, line)
+        try:
+            name = unescape_name(raw_name, line)
+        except ManifestError as e:
+            raise ManifestError(f"invalid file token {tok!r}: {e.reason}", line) from None
+        p = _decimal(ps, "position", tok, line)
+        ln = _decimal(ls, "length", tok, line)
         if "/" in name:
             _check_path_components(name.split("/"), "file token", tok, line)
+            subpaths = True
         elif name == "." or name == "..":
             if name == "." and ps == "0" and ls == "0":
                 continue  # empty-directory marker
@@ -468,22 +512,109 @@ def parse_stream(line_text: str, line: int = 1) -> tuple[str, list[tuple[str, Fi
         end = p + ln
         if end > stream_len:
             raise ManifestError(f"file token {tok!r} runs past the end of its stream ({stream_len} bytes)", line)
-        if ln == 0:
+        entries.append((name, _segments_for(p, end, starts, ends, locs) if ln else ()))
+    return dir_path, entries, subpaths
+
+
+def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, FileSegments]], bool] | None:
+    """Parse a well-formed line quickly, or return None to defer to the checked path."""
+    # Raw characters (spec 2.5/2.8): no controls, backslash only as \[0-3]oo.
+    # isprintable() is a quick C scan that is True for nearly every line;
+    # when it is not (DEL, some non-ASCII), the regex decides.
+    if not line_text.isprintable() and _CONTROL_RE.search(line_text) is not None:
+        return None
+    if "\\" in line_text and _BAD_ESCAPE_RE.search(line_text) is not None:
+        return None
+    sp = line_text.find(" ")
+    if sp <= 0:
+        return None
+    stok = line_text[:sp]
+    dir_path = "" if stok == "." else _decode_stream_name(stok, line)
+
+    starts: list[int] = []
+    ends: list[int] = []
+    locs: list[str] = []
+    pos = 0
+    i = sp + 1
+    match = _LOCATOR_RE.fullmatch
+    while True:
+        j = line_text.find(" ", i)
+        if j < 0:
+            return None  # no file tokens, or a locator-ish last token
+        m = match(line_text, i, j)
+        if m is None:
+            break
+        size_digits = m.group(2)
+        if len(size_digits) > 8:
+            return None
+        size = int(size_digits)
+        if size > MAX_BLOCK_SIZE:
+            return None
+        starts.append(pos)
+        locs.append(m.group(0))
+        pos += size
+        ends.append(pos)
+        i = j + 1
+    if not locs:
+        return None
+    found = _FILE_TOKEN_RE.findall(line_text, i - 1)
+    if len(found) != line_text.count(" ", i - 1):
+        return None
+    stream_len = pos
+    single = len(locs) == 1
+    loc0 = locs[0]
+
+    entries: list[tuple[str, FileSegments]] = []
+    append = entries.append
+    subpaths = False
+    for ps, ls, name in found:
+        if "\\" in name:
+            name = unescape_name(name, line)
+        if "/" in name:
+            parts = name.split("/")
+            if "" in parts or "." in parts or ".." in parts:
+                return None
+            subpaths = True
+        elif name in _DOT_NAMES:
+            if name == "." and ps == "0" and ls == "0":
+                continue  # empty-directory marker
+            return None
+        p = int(ps)
+        ln = int(ls)
+        end = p + ln
+        if end > stream_len:
+            return None
+        if not ln:
             append((name, ()))
         elif single:
             append((name, ((loc0, p, ln),)))
         else:
             k = bisect_right(starts, p) - 1
-            segs = []
-            while p < end:
-                bstart = starts[k]
-                bend = starts[k + 1] if k + 1 < len(starts) else stream_len
-                take = min(end, bend) - p
-                if take > 0:
-                    segs.append((locs[k], p - bstart, take))
-                    p += take
-                k += 1
-            append((name, tuple(segs)))
+            if end <= ends[k]:  # inside one block: inline the common case
+                append((name, ((locs[k], p - starts[k], ln),)))
+            else:
+                append((name, _segments_for(p, end, starts, ends, locs)))
+    return dir_path, entries, subpaths
+
+
+def _parse_line(line_text: str, line: int) -> tuple[str, list[tuple[str, FileSegments]], bool]:
+    r = _parse_line_fast(line_text, line)
+    if r is None:
+        r = _parse_line_checked(line_text, line)
+    return r
+
+
+def parse_stream(line_text: str, line: int = 1) -> tuple[str, list[tuple[str, FileSegments]]]:
+    """Parse one stream line (without its newline).
+
+    Returns ``(dir_path, entries)``: ``dir_path`` is the decoded directory
+    ('' for the root) and ``entries`` lists ``(relative path, segments)`` in
+    token order; a relative path contains ``/`` when the token named a file
+    in a subdirectory.  Empty-directory markers produce no entry (the line
+    itself already says the directory exists).  Raises ManifestError with
+    ``line`` as its line number.
+    """
+    dir_path, entries, _ = _parse_line(line_text, line)
     return dir_path, entries
 
 
@@ -494,7 +625,8 @@ def _lines(text: str | bytes) -> list[str]:
         except UnicodeDecodeError as e:
             line = bytes(text)[: e.start].count(b"\n") + 1
             raise ManifestError("manifest is not valid UTF-8", line) from None
-    else:
+    elif not text.isascii():
+        # A str can hold lone surrogates, which have no UTF-8 encoding.
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -516,13 +648,36 @@ def _dir_at(root: Dir, path: str, line: int) -> Dir:
         nxt = d.get(part)
         if nxt is None:
             nxt = d[part] = Dir()
-        elif type(nxt) is tuple:
+        elif type(nxt) is not Dir:
             raise ManifestError(f"directory {path!r} clashes with a file of the same name", line)
         d = nxt
     return d
 
 
-def _place(root: Dir, base: Dir, base_path: str, entries: list, line: int) -> None:
+def _extend_segments(acc: list[Segment], segs: FileSegments) -> None:
+    """Append canonical ``segs`` to canonical ``acc``, keeping it canonical.
+
+    Only the junction can need merging: each side is already coalesced.
+    Appending to a list (not re-coalescing tuples) keeps a file written as
+    thousands of tokens linear rather than quadratic.
+    """
+    if acc and segs:
+        last = acc[-1]
+        first = segs[0]
+        if last[0] == first[0] and last[1] + last[2] == first[1]:
+            acc[-1] = (last[0], last[1], last[2] + first[2])
+            acc.extend(segs[1:])
+            return
+    acc.extend(segs)
+
+
+def _place(root: Dir, base: Dir, base_path: str, entries: list, line: int, growing: list) -> None:
+    """Add a line's entries to the tree.
+
+    A file named again gets its segments concatenated (spec 2.6); while that
+    happens its value is a temporary ``list`` recorded in ``growing``, which
+    the caller turns back into a tuple once the whole manifest is read.
+    """
     for name, segs in entries:
         d = base
         if "/" in name:
@@ -533,18 +688,68 @@ def _place(root: Dir, base: Dir, base_path: str, entries: list, line: int) -> No
             d[name] = segs
         elif type(old) is tuple:
             if segs:
-                d[name] = coalesce(old + segs) if old else segs
+                if old:
+                    acc = list(old)
+                    _extend_segments(acc, segs)
+                    d[name] = acc
+                    growing.append((d, name))
+                else:
+                    d[name] = segs
+        elif type(old) is list:
+            _extend_segments(old, segs)
         else:
-            raise ManifestError(f"file {name!r} clashes with a directory of the same name", line)
+            path = f"{base_path}/{name}" if base_path else name
+            raise ManifestError(f"file {path!r} clashes with a directory of the same name", line)
+
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Suspend the cyclic GC while building a big tree.
+
+    A parsed tree is millions of small tuples and no cycles, so every
+    collection the allocations trigger is wasted work (about a fifth of the
+    parse time for a million files).  A depth counter keeps concurrent
+    parses in other threads from re-enabling it early, and a GC that the
+    application had disabled stays disabled.
+    """
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def parse_manifest(text: str | bytes) -> Manifest:
     """Strictly parse a whole manifest into a tree (see module docstring)."""
     root = Dir()
-    for lineno, line_text in enumerate(_lines(text), 1):
-        dir_path, entries = parse_stream(line_text, lineno)
-        d = _dir_at(root, dir_path, lineno)
-        _place(root, d, dir_path, entries, lineno)
+    growing: list[tuple[Dir, str]] = []
+    with _gc_paused():
+        for lineno, line_text in enumerate(_lines(text), 1):
+            dir_path, entries, subpaths = _parse_line(line_text, lineno)
+            d = _dir_at(root, dir_path, lineno)
+            if not d and not subpaths:
+                # Common case: first line for a fresh directory.  Bulk insert,
+                # then fall back if a name repeated within the line.
+                d.update(entries)
+                if len(d) == len(entries):
+                    continue
+                d.clear()
+            _place(root, d, dir_path, entries, lineno, growing)
+        for d, name in growing:
+            d[name] = tuple(d[name])
     return Manifest(root)
 
 
@@ -556,14 +761,21 @@ def normalize_manifest(text: str | bytes) -> str:
 # ---------------------------------------------------------------------------
 # PDH (spec 3)
 
-_HINTED_LOCATOR = re.compile(r"(?<= )([0-9a-fA-F]{32}\+[0-9]+)(?:\+[A-Z][-A-Za-z0-9@_]*)+(?=[ \n])")
+# The hints of a locator token.  The match starts at the "+" after the md5
+# (so the regex engine can scan for a literal "+" instead of trying every
+# position) and the lookbehind then checks that a space and 32 hex digits
+# precede it: only a locator token looks like that, since stream names start
+# with "." and file tokens with "digits:".  Upper-case hex is matched too:
+# the server tolerates it and hashes its text the same way.
+_HINTS_RE = re.compile(r"\+(?<= [0-9a-fA-F]{32}\+)([0-9]+)(?:\+[A-Z][-A-Za-z0-9@_]*)+(?=[ \n])")
+_HINT_START_RE = re.compile(r"\+[A-Z]")
 
 
 def strip_manifest(text: str) -> str:
     """The text with every locator reduced to ``md5+size`` (nothing else changes)."""
-    if "+" not in text:
-        return text
-    return _HINTED_LOCATOR.sub(r"\1", text)
+    if _HINT_START_RE.search(text) is None:
+        return text  # nothing to strip: skip building a copy
+    return _HINTS_RE.sub(r"+\1", text)
 
 
 def portable_data_hash(text: str | bytes) -> str:
@@ -617,24 +829,33 @@ class StreamIndex:
         Files spread over several tokens or lines are concatenated; names
         that clash with subdirectories raise ManifestError.
         """
-        files: dict[str, FileSegments] = {}
+        files: dict[str, FileSegments | list[Segment]] = {}
         kids = self.children.get(path, ())
         prefix = path + "/" if path else ""
         for lineno, text in self.lines.get(path, ()):
-            dir_path, entries = parse_stream(text, lineno)
+            dir_path, entries, subpaths = _parse_line(text, lineno)
             for rel, segs in entries:
-                full = f"{dir_path}/{rel}" if dir_path else rel
-                parent, _, name = full.rpartition("/")
-                if parent != path:
-                    continue
+                name = rel
+                if subpaths or dir_path != path:
+                    full = f"{dir_path}/{rel}" if dir_path else rel
+                    parent, _, name = full.rpartition("/")
+                    if parent != path:
+                        continue
                 if name in kids:
                     raise ManifestError(f"file {prefix + name!r} clashes with a directory of the same name", lineno)
                 old = files.get(name)
                 if old is None:
                     files[name] = segs
+                elif type(old) is list:
+                    _extend_segments(old, segs)
                 elif segs:
-                    files[name] = coalesce(old + segs) if old else segs
-        return list(files.items())
+                    if old:
+                        acc = list(old)
+                        _extend_segments(acc, segs)
+                        files[name] = acc
+                    else:
+                        files[name] = segs
+        return [(name, segs if type(segs) is tuple else tuple(segs)) for name, segs in files.items()]
 
 
 def index_streams(text: str | bytes) -> StreamIndex:
@@ -644,7 +865,8 @@ def index_streams(text: str | bytes) -> StreamIndex:
     for lineno, line_text in enumerate(_lines(text), 1):
         sp = line_text.find(" ")
         if sp <= 0:
-            raise ManifestError("missing stream name or tokens", lineno)
+            _parse_line_checked(line_text, lineno)  # raises the precise error
+            raise ManifestError("malformed line", lineno)  # pragma: no cover
         stok = line_text[:sp]
         dir_path = _decode_stream_name(stok, lineno)
         if dir_path not in idx.children:
