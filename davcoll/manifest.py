@@ -569,7 +569,10 @@ def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, Fi
     subpaths = False
     for ps, ls, name in found:
         if "\\" in name:
-            name = unescape_name(name, line)
+            try:
+                name = unescape_name(name, line)
+            except ManifestError:  # not UTF-8: let the checked path word it
+                return None
         if "/" in name:
             parts = name.split("/")
             if "" in parts or "." in parts or ".." in parts:
