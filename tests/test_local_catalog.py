@@ -534,3 +534,36 @@ def test_tokens_are_stored_hashed(tmp_path):
     assert store.revoke("ffffffff") == 0
     store.close()
     cat.close()
+
+
+def test_names_that_cannot_be_path_components_rejected(cat):
+    for bad in ("", ".", "..", "a/b"):
+        with pytest.raises(BadRequest):
+            cat.create(bad)
+    rec = cat.create("fine name: ok")
+    with pytest.raises(BadRequest):
+        cat.rename(rec.uuid, "x/y")
+
+
+def test_update_writes_only_the_touched_directory(cat):
+    """The cost model: a one-file PUT adds one row, whatever the size."""
+    text = "".join(f"./dir{i:03d} {FOO} 0:3:f\n" for i in range(200))
+    uuid = cat.create("big", text).uuid
+    before = dir_rows(cat)
+    put_file(cat, uuid, "/dir123/new", BAR)
+    assert dir_rows(cat) == before + 1
+    put_file(cat, uuid, "/fresh/deep/new", BAR)  # two new dirs; the root line is unchanged ('')
+    assert dir_rows(cat) == before + 3
+
+
+def test_deep_paths(cat):
+    uuid = cat.create("deep").uuid
+    deep = "/" + "/".join(f"l{i}" for i in range(1200))
+    put_file(cat, uuid, deep + "/f", FOO)
+    root = parse_manifest(text_of(cat, uuid)).root
+    node = root
+    for i in range(1200):
+        node = node[f"l{i}"]
+    assert node["f"] == ((FOO, 0, 3),)
+    cat.update(uuid, replace_files={"/l0": ""})
+    assert text_of(cat, uuid) == ""

@@ -84,6 +84,8 @@ _UUID_RE = re.compile(r"[a-z0-9]{5}-4zz18-[a-z0-9]{15}")
 _CLUSTER_RE = re.compile(r"[a-z0-9]{5}")
 _UUID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another one
+_PDH_CACHE_WAIT_MS = 200  # ... and a read that only wants to cache a PDH
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -151,8 +153,8 @@ def open_connection(path: Path, synchronous: str = "FULL") -> sqlite3.Connection
     failing.  ``check_same_thread`` is off only so ``close()`` may close it
     from another thread; otherwise each connection stays in its thread.
     """
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn
@@ -519,16 +521,20 @@ class _VersionWriter:
         return files
 
     def _mkdir_p(self, path: str, target: str) -> None:
-        """Create ``path`` and its missing ancestors (mkdir -p)."""
+        """Create ``path`` and its missing ancestors (mkdir -p), top down."""
         if not path or self.is_dir(path):
             return
-        parent, name = _parent(path)
-        self._mkdir_p(parent, target)
-        if name in self._files_of(parent):
-            raise BadRequest(f"replace_files: cannot create parent directory of {target!r}: {path!r} is a file")
-        self.put_row(path, "")
-        self._files[path] = {}
-        self._touched.update((path, parent))
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            if self.is_dir(sub):
+                continue
+            parent, name = _parent(sub)
+            if name in self._files_of(parent):
+                raise BadRequest(f"replace_files: cannot create parent directory of {target!r}: {sub!r} is a file")
+            self.put_row(sub, "")
+            self._files[sub] = {}
+            self._touched.update((sub, parent))
 
     def remove(self, path: str) -> None:
         """Remove a file or a whole directory; a missing path is a no-op."""
@@ -597,7 +603,8 @@ class _VersionWriter:
 # The catalog
 
 
-_COLLECTION_COLUMNS = "uuid, name, owner_uuid, created_at, modified_at, version, properties, is_trashed"
+_COLUMNS = ("uuid", "name", "owner_uuid", "created_at", "modified_at", "version", "properties", "is_trashed")
+_COLLECTION_COLUMNS = ", ".join(_COLUMNS)
 
 
 def _record(row: tuple, *, pdh: str | None = None, manifest_text: str | None = None) -> CollectionRecord:
@@ -614,6 +621,16 @@ def _record(row: tuple, *, pdh: str | None = None, manifest_text: str | None = N
         owner_uuid=owner,
         is_trashed=bool(trashed),
     )
+
+
+def _check_name(name: object) -> str:
+    """Collection names are path components at the WebDAV root, so, as on
+    Arvados, they may not contain '/' nor be '.' or '..' (or empty)."""
+    if not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    if name in ("", ".", "..") or "/" in name:
+        raise BadRequest(f"invalid collection name {name!r}")
+    return name
 
 
 def _properties_json(properties: Mapping[str, Any] | None) -> str:
@@ -699,15 +716,20 @@ class LocalCatalog(Catalog):
         return row[0] if row else None
 
     def _remember_pdh(self, uuid: str, version: int, pdh: str) -> None:
-        """Cache a computed PDH.  Best effort: a busy database only costs a
-        recomputation later, so this never fails the read that computed it."""
+        """Cache a computed PDH.  Best effort, with a short lock wait: a busy
+        database only costs a recomputation later, so a read never waits
+        long for, or fails because of, this write."""
+        conn = self._conns.get()
+        conn.execute(f"PRAGMA busy_timeout = {_PDH_CACHE_WAIT_MS}")
         try:
-            with self._write() as conn:
+            with _transaction(conn, "IMMEDIATE"):
                 conn.execute(
                     "UPDATE versions SET pdh = ? WHERE uuid = ? AND version = ? AND pdh IS NULL", (pdh, uuid, version)
                 )
         except (sqlite3.Error, Unavailable):
             pass
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def get(self, uuid_or_pdh: str, *, with_manifest: bool = True, include_trash: bool = False) -> CollectionRecord:
         if is_portable_data_hash(uuid_or_pdh):
@@ -802,7 +824,7 @@ class LocalCatalog(Catalog):
     def list(self) -> list[CollectionRecord]:
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join('c.' + col.strip() for col in _COLLECTION_COLUMNS.split(','))}, v.pdh"
+                f"SELECT {', '.join('c.' + col for col in _COLUMNS)}, v.pdh"
                 " FROM collections c LEFT JOIN versions v ON v.uuid = c.uuid AND v.version = c.version"
                 " WHERE c.is_trashed = 0 ORDER BY c.name"
             ).fetchall()
@@ -834,8 +856,7 @@ class LocalCatalog(Catalog):
     # -- writes ------------------------------------------------------------
 
     def create(self, name: str, manifest_text: str = "", properties: Mapping[str, Any] | None = None) -> CollectionRecord:
-        if not isinstance(name, str):
-            raise BadRequest("name must be a string")
+        _check_name(name)
         props = _properties_json(properties)
         rows = list(tree_rows(_parse_incoming(manifest_text)))
         text = assemble(rows)
@@ -886,8 +907,8 @@ class LocalCatalog(Catalog):
             ops = plan_replace_files(replace_files, manifest_text_supplied=bool(manifest_text))
         new_tree = _parse_incoming(manifest_text) if manifest_text is not None else None
         props = _properties_json(properties) if properties is not None else None
-        if name is not None and not isinstance(name, str):
-            raise BadRequest("name must be a string")
+        if name is not None:
+            _check_name(name)
 
         with self._write() as conn:
             # The IMMEDIATE transaction holds SQLite's write lock from here to
