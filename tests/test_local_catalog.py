@@ -455,11 +455,16 @@ def put_file(cat: LocalCatalog, uuid: str, path: str, loc: str) -> None:
     cat.update(uuid, replace_files={path: f"manifest_text/{name}"}, manifest_text=f". {loc} 0:{size}:{name}\n")
 
 
-def _process_worker(db: str, uuid: str, who: int, count: int) -> None:
-    cat = LocalCatalog(db)
+def put_many(cat: LocalCatalog, uuid: str, who: int, count: int) -> None:
+    """Worker ``who``: files of its own, and its version of a shared file."""
     for i in range(count):
         put_file(cat, uuid, f"/p{who}/f{i}", FOO)
         put_file(cat, uuid, "/same", FOO if who % 2 else BAR)
+
+
+def _process_worker(db: str, uuid: str, who: int, count: int) -> None:
+    cat = LocalCatalog(db)
+    put_many(cat, uuid, who, count)
     cat.close()
 
 
@@ -479,9 +484,7 @@ def test_threads_never_lose_each_others_changes(cat):
 
     def work(who: int) -> None:
         try:
-            for i in range(count):
-                put_file(cat, uuid, f"/p{who}/f{i}", FOO)
-                put_file(cat, uuid, "/same", FOO if who % 2 else BAR)
+            put_many(cat, uuid, who, count)
         except BaseException as e:  # surfaced below
             errors.append(e)
 

@@ -47,11 +47,11 @@ import re
 import secrets
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..manifest import (
     Dir,
@@ -87,47 +87,45 @@ _SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another one
 _PDH_CACHE_WAIT_MS = 200  # ... and a read that only wants to cache a PDH
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS collections (
-    uuid TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    owner_uuid TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    modified_at TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    properties TEXT NOT NULL,
-    is_trashed INTEGER NOT NULL DEFAULT 0,
-    trashed_at TEXT
-);
--- Names are unique among live collections only (trash frees a name).
-CREATE UNIQUE INDEX IF NOT EXISTS collections_live_name ON collections(name) WHERE is_trashed = 0;
-
--- One row per version: what the collection record looked like then.
--- text_chars is the length of the assembled manifest (to decide whether a
--- PDH is cheap), and pdh is filled in lazily.
-CREATE TABLE IF NOT EXISTS versions (
-    uuid TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    properties TEXT NOT NULL,
-    modified_at TEXT NOT NULL,
-    text_chars INTEGER NOT NULL,
-    pdh TEXT,
-    PRIMARY KEY (uuid, version)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS versions_pdh ON versions(pdh) WHERE pdh IS NOT NULL;
-
--- One row per directory per range of versions [v_from, v_to).
-CREATE TABLE IF NOT EXISTS dirs (
-    uuid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    line TEXT NOT NULL,
-    v_from INTEGER NOT NULL,
-    v_to INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS dirs_current ON dirs(uuid, path) WHERE v_to IS NULL;
-CREATE INDEX IF NOT EXISTS dirs_history ON dirs(uuid, path, v_from);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS collections (
+        uuid TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner_uuid TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        modified_at TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        properties TEXT NOT NULL,
+        is_trashed INTEGER NOT NULL DEFAULT 0,
+        trashed_at TEXT
+    )""",
+    # Names are unique among live collections only (trash frees a name).
+    """CREATE UNIQUE INDEX IF NOT EXISTS collections_live_name ON collections(name) WHERE is_trashed = 0""",
+    # One row per version: what the collection record looked like then.
+    # text_chars is the length of the assembled manifest (to decide whether a
+    # PDH is cheap), and pdh is filled in lazily.
+    """CREATE TABLE IF NOT EXISTS versions (
+        uuid TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        modified_at TEXT NOT NULL,
+        text_chars INTEGER NOT NULL,
+        pdh TEXT,
+        PRIMARY KEY (uuid, version)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS versions_pdh ON versions(pdh) WHERE pdh IS NOT NULL""",
+    # One row per directory per range of versions [v_from, v_to).
+    """CREATE TABLE IF NOT EXISTS dirs (
+        uuid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        line TEXT NOT NULL,
+        v_from INTEGER NOT NULL,
+        v_to INTEGER
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS dirs_current ON dirs(uuid, path) WHERE v_to IS NULL""",
+    """CREATE INDEX IF NOT EXISTS dirs_history ON dirs(uuid, path, v_from)""",
+)
 
 
 def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
@@ -135,7 +133,7 @@ def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DB_FILENAME
 
 
-def _now() -> str:
+def rfc3339_now() -> str:
     """RFC 3339 UTC with microseconds, as Arvados timestamps look."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -681,9 +679,8 @@ class LocalCatalog(Catalog):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than this davcoll")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _SCHEMA:
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -691,10 +688,10 @@ class LocalCatalog(Catalog):
 
     # -- transactions ------------------------------------------------------
 
-    def _read(self) -> Any:
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return _transaction(self._conns.get(), "DEFERRED")
 
-    def _write(self) -> Any:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return _transaction(self._conns.get(), "IMMEDIATE")
 
     def _new_uuid(self) -> str:
@@ -732,6 +729,10 @@ class LocalCatalog(Catalog):
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def get(self, uuid_or_pdh: str, *, with_manifest: bool = True, include_trash: bool = False) -> CollectionRecord:
+        """By UUID: the current version (trashed ones only with
+        ``include_trash``).  By PDH: the version with that PDH, preferring
+        a current one (see ``_backfill_pdhs`` for which versions are found).
+        With the manifest the PDH is always filled in (computed if needed)."""
         if is_portable_data_hash(uuid_or_pdh):
             return self._get_by_pdh(uuid_or_pdh, with_manifest=with_manifest)
         if not isinstance(uuid_or_pdh, str) or not _UUID_RE.fullmatch(uuid_or_pdh):
@@ -861,7 +862,7 @@ class LocalCatalog(Catalog):
         rows = list(tree_rows(_parse_incoming(manifest_text)))
         text = assemble(rows)
         pdh = portable_data_hash(text)  # the whole text was sent: hashing it costs no more
-        now = _now()
+        now = rfc3339_now()
         uuid = self._new_uuid()
         with self._write() as conn:
             try:
@@ -916,7 +917,7 @@ class LocalCatalog(Catalog):
             row = self._collection_row(conn, uuid)
             old = row[5]
             new = old + 1
-            now = _now()
+            now = rfc3339_now()
             new_name = row[1] if name is None else name
             new_props = row[6] if props is None else props
             try:
@@ -1013,7 +1014,7 @@ class LocalCatalog(Catalog):
         with self._write() as conn:
             self._collection_row(conn, uuid, include_trash=True)
             conn.execute(
-                "UPDATE collections SET is_trashed = 1, trashed_at = ? WHERE uuid = ? AND is_trashed = 0", (_now(), uuid)
+                "UPDATE collections SET is_trashed = 1, trashed_at = ? WHERE uuid = ? AND is_trashed = 0", (rfc3339_now(), uuid)
             )
 
     def untrash(self, uuid: str) -> CollectionRecord:

@@ -17,10 +17,9 @@ import os
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .local_catalog import ThreadConnections
+from .local_catalog import ThreadConnections, rfc3339_now
 
 __all__ = ["LocalTokenStore", "TokenInfo"]
 
@@ -77,7 +76,7 @@ class LocalTokenStore:
     def create(self, read_only: bool, label: str = "") -> str:
         """A new random token; the caller must show or store it now."""
         token = secrets.token_urlsafe(32)  # 43 chars of [A-Za-z0-9_-]
-        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        created = rfc3339_now()
         self._conn().execute(
             "INSERT INTO tokens (token_sha256, read_only, label, created_at) VALUES (?, ?, ?, ?)",
             (_digest(token), int(bool(read_only)), label, created),
