@@ -108,30 +108,32 @@ class BufferBlock:
 class Flusher:
     """A bounded pool that stores full blocks in the background.
 
-    At most ``workers`` puts run at once (default 4, as in the Go SDK).
+    One pool serves the whole process (block stores differ per token on
+    Arvados, so the store is passed per call).  At most ``workers`` puts run
+    at once (default 4, as in the Go SDK).
     ``submit`` returns a Future resolving to the locator; block-store errors
     come back as ``StorageFailure`` so callers handle one type.
     """
 
-    def __init__(self, store: BlockStore, workers: int = 4) -> None:
-        self.store = store
+    def __init__(self, workers: int = 4) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="davcoll-flush")
 
-    def store_now(self, buf: BufferBlock) -> str:
+    @staticmethod
+    def store_now(buf: BufferBlock, store: BlockStore) -> str:
         """Store ``buf`` synchronously (used for final, partial blocks)."""
         data = buf.data
         if data is None:
             assert buf.locator is not None
             return buf.locator
         try:
-            loc = self.store.put(memoryview(data))
+            loc = store.put(memoryview(data))
         except BlockStoreError as e:
             raise StorageFailure(f"block store failed: {e}") from e
         buf.stored(loc)
         return loc
 
-    def submit(self, buf: BufferBlock) -> "Future[str]":
-        return self._pool.submit(self.store_now, buf)
+    def submit(self, buf: BufferBlock, store: BlockStore) -> "Future[str]":
+        return self._pool.submit(self.store_now, buf, store)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

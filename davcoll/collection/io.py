@@ -148,7 +148,8 @@ class FileReader(io.RawIOBase):
 class FileWriter:
     """Streams bytes into a new, detached file (see module docstring)."""
 
-    def __init__(self, flusher: Flusher, budget: ByteBudget, *, block_size: int = MAX_BLOCK_SIZE) -> None:
+    def __init__(self, store: BlockStore, flusher: Flusher, budget: ByteBudget, *, block_size: int = MAX_BLOCK_SIZE) -> None:
+        self._store = store
         self._flusher = flusher
         self._budget = budget
         self._block_size = block_size
@@ -187,7 +188,7 @@ class FileWriter:
         cur = self._cur
         self._segs.append((cur, 0, len(cur)))
         self._buffers.append(cur)
-        self._futures.append(self._flusher.submit(cur))
+        self._futures.append(self._flusher.submit(cur, self._store))
         self._cur = BufferBlock(self._budget)
         # Surface background failures early instead of at close.
         for f in self._futures:

@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from ..manifest import (
+    MAX_BLOCK_SIZE,
     Dir,
     Manifest,
     ManifestError,
@@ -299,7 +300,7 @@ class CollectionTree:
     def new_writer(self) -> FileWriter:
         if self.readonly:
             raise ReadOnly("collection snapshot is read-only")
-        return FileWriter(self.flusher, self.budget)
+        return FileWriter(self.store, self.flusher, self.budget)
 
     # ------------------------------------------------------------------ mutations
 
@@ -613,48 +614,21 @@ class ChangeSet:
         """Store every still-buffered byte this change references.
 
         Small buffers are packed together into shared blocks (up to 64 MiB);
-        a buffer of 32 MiB or more is stored on its own.
+        a buffer of 32 MiB or more is stored on its own.  Each tree's
+        buffers go to that tree's block store (stores are per token).
         """
-        pending: dict[int, BufferBlock] = {}
-        for kind, _tree, _path, arg in self._ops:
-            for segs in _segment_lists(kind, arg):
-                for seg in segs:
-                    src = seg[0]
-                    if type(src) is not str and src.locator is None:
-                        pending[id(src)] = src
-        if not pending:
-            return
-        flusher = self._locked[0].flusher if self._locked else None
-        assert flusher is not None
-        pack_limit = 1 << 26
-        big = [b for b in pending.values() if len(b) >= pack_limit // 2]
-        small = sorted((b for b in pending.values() if len(b) < pack_limit // 2), key=len, reverse=True)
-        for b in big:
-            flusher.store_now(b)
-        packs: list[list[BufferBlock]] = []
-        sizes: list[int] = []
-        for b in small:
-            for i, s in enumerate(sizes):
-                if s + len(b) <= pack_limit:
-                    packs[i].append(b)
-                    sizes[i] += len(b)
-                    break
-            else:
-                packs.append([b])
-                sizes.append(len(b))
-        for pack in packs:
-            if len(pack) == 1:
-                flusher.store_now(pack[0])
-                continue
-            combined = BufferBlock(None)
-            bases = []
-            for b in pack:
-                bases.append(len(combined))
-                assert b.data is not None
-                combined.data += b.data  # type: ignore[operator]
-            loc = flusher.store_now(combined)
-            for b, base in zip(pack, bases):
-                b.stored(loc, base)
+        for tree in self._locked:
+            pending: dict[int, BufferBlock] = {}
+            for kind, t, _path, arg in self._ops:
+                if t is not tree:
+                    continue
+                for segs in _segment_lists(kind, arg):
+                    for seg in segs:
+                        src = seg[0]
+                        if type(src) is not str and src.locator is None:
+                            pending[id(src)] = src
+            if pending:
+                pack_and_store(list(pending.values()), tree.store, tree.flusher)
 
     def batches(self, tree: CollectionTree) -> list[tuple[dict[str, str], str]]:
         """Compile this change's operations on ``tree`` into catalog updates.
@@ -742,6 +716,39 @@ class ChangeSet:
         self._undo.clear()
         while self._locked:
             self._locked.pop().writer.release()
+
+
+def pack_and_store(buffers: list[BufferBlock], store: BlockStore, flusher: Flusher) -> None:
+    """Store buffers, packing small ones together into shared blocks."""
+    pack_limit = MAX_BLOCK_SIZE
+    big = [b for b in buffers if len(b) >= pack_limit // 2]
+    small = sorted((b for b in buffers if len(b) < pack_limit // 2), key=len, reverse=True)
+    for b in big:
+        flusher.store_now(b, store)
+    packs: list[list[BufferBlock]] = []
+    sizes: list[int] = []
+    for b in small:
+        for i, s in enumerate(sizes):
+            if s + len(b) <= pack_limit:
+                packs[i].append(b)
+                sizes[i] += len(b)
+                break
+        else:
+            packs.append([b])
+            sizes.append(len(b))
+    for pack in packs:
+        if len(pack) == 1:
+            flusher.store_now(pack[0], store)
+            continue
+        combined = BufferBlock(None)
+        bases = []
+        for b in pack:
+            bases.append(len(combined))
+            assert b.data is not None and combined.data is not None
+            combined.data += b.data
+        loc = flusher.store_now(combined, store)
+        for b, base in zip(pack, bases):
+            b.stored(loc, base)
 
 
 def _segment_lists(kind: str, arg: Any) -> Iterator[Segments]:

@@ -1,0 +1,87 @@
+"""The one table that maps domain errors to HTTP statuses.
+
+Every resource method funnels exceptions through ``dav_error`` so a given
+situation always produces the same status and a short reason, whichever
+method hit it.  Unknown exceptions are not mapped here: they stay 500s
+(and are bugs).
+"""
+
+from __future__ import annotations
+
+from wsgidav.dav_error import (
+    HTTP_BAD_GATEWAY,
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
+    HTTP_FORBIDDEN,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
+
+from ..collection import errors as fs
+from ..storage import blocks as bs
+from ..storage import catalog as cat
+
+HTTP_UNAUTHORIZED = 401
+HTTP_SERVICE_UNAVAILABLE = 503
+HTTP_INSUFFICIENT_STORAGE = 507
+
+# (exception type, status, default reason); first match wins, so subclasses
+# come before their bases.
+_TABLE: list[tuple[type[BaseException], int, str]] = [
+    (fs.InvalidName, HTTP_BAD_REQUEST, "invalid name"),
+    (fs.ParentNotFound, HTTP_CONFLICT, "parent folder does not exist"),
+    (fs.NotFound, HTTP_NOT_FOUND, "not found"),
+    (fs.NotADirectory, HTTP_CONFLICT, "a path component is a file"),
+    (fs.IsADirectory, HTTP_METHOD_NOT_ALLOWED, "is a folder"),
+    (fs.AlreadyExists, HTTP_METHOD_NOT_ALLOWED, "already exists"),
+    (fs.InvalidMove, HTTP_FORBIDDEN, "cannot move or copy a folder into itself"),
+    (fs.ReadOnly, HTTP_METHOD_NOT_ALLOWED, "read-only"),
+    (fs.BusyError, HTTP_SERVICE_UNAVAILABLE, "collection busy, try again"),
+    (fs.CorruptManifest, HTTP_BAD_GATEWAY, "the stored manifest is invalid"),
+    (fs.StorageFailure, HTTP_BAD_GATEWAY, "block storage failed"),
+    (bs.BlockStoreUnavailable, HTTP_SERVICE_UNAVAILABLE, "block storage unavailable"),
+    (bs.BlockTooLarge, HTTP_BAD_GATEWAY, "block too large"),
+    (bs.BlockStoreError, HTTP_BAD_GATEWAY, "block storage failed"),
+    (cat.Unauthorized, HTTP_UNAUTHORIZED, "token rejected by the API server"),
+    (cat.PermissionDenied, HTTP_FORBIDDEN, "permission denied"),
+    (cat.NotFound, HTTP_NOT_FOUND, "collection not found"),
+    (cat.Conflict, HTTP_CONFLICT, "conflict"),
+    (cat.InvalidManifest, HTTP_BAD_GATEWAY, "the API server rejected or sent an invalid manifest"),
+    (cat.BadRequest, HTTP_BAD_GATEWAY, "the API server rejected the update"),
+    (cat.Unavailable, HTTP_SERVICE_UNAVAILABLE, "API server unavailable"),
+    (cat.CatalogError, HTTP_BAD_GATEWAY, "API server error"),
+]
+
+RETRY_AFTER = [("Retry-After", "5")]
+
+
+def status_of(exc: BaseException) -> tuple[int, str] | None:
+    for etype, status, reason in _TABLE:
+        if isinstance(exc, etype):
+            return status, reason
+    return None
+
+
+def dav_error(exc: BaseException, *, already_exists: int | None = None) -> DAVError:
+    """The DAVError for a domain exception (DAVErrors pass through).
+
+    ``already_exists`` overrides the status of AlreadyExists (MOVE/COPY use
+    412 Precondition Failed, MKCOL uses 405).
+    """
+    if isinstance(exc, DAVError):
+        return exc
+    mapped = status_of(exc)
+    if mapped is None:
+        raise exc
+    status, reason = mapped
+    if already_exists is not None and isinstance(exc, fs.AlreadyExists):
+        status = already_exists
+    detail = str(exc).strip()
+    text = f"{reason}: {detail}" if detail and detail != reason else reason
+    headers = RETRY_AFTER if status == HTTP_SERVICE_UNAVAILABLE else None
+    return DAVError(status, context_info=text[:300], add_headers=headers)
+
+
+__all__ = ["dav_error", "status_of", "HTTP_PRECONDITION_FAILED", "HTTP_UNAUTHORIZED", "HTTP_SERVICE_UNAVAILABLE"]

@@ -1,0 +1,243 @@
+"""The outermost WSGI layer: reject hostile input before WsgiDAV sees it.
+
+WsgiDAV alone drops the connection on invalid UTF-8 paths, answers ``..``
+escapes with a body-less 400 that hangs clients, ignores chunked XML bodies
+(desynchronising keep-alive), serves only the last of several ranges, and
+lets cheroot read a rejected upload's whole body into memory.  This layer
+answers all of those with a clear status and a short reason, and also owns
+the access log (tokens redacted), metrics accounting, ``/_health`` and
+``/_metrics``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from typing import Any, Callable, Iterable
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as safe_fromstring
+from xml.etree.ElementTree import ParseError
+
+log = logging.getLogger("davcoll.access")
+
+XML_BODY_METHODS = frozenset({"PROPFIND", "PROPPATCH", "LOCK"})
+MAX_XML_BODY = 1 << 20
+DRAIN_LIMIT = 8 << 20
+_ENCODED_BAD = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+_TOKEN_IN_PATH = re.compile(r"(^|/)t=[^/]*")
+
+STATUS_TEXT = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    503: "Service Unavailable",
+}
+
+
+def redact(path: str) -> str:
+    return _TOKEN_IN_PATH.sub(r"\1t=***", path)
+
+
+def _plain(start_response: Callable, status: int, reason: str, headers: list | None = None) -> list[bytes]:
+    body = f"{status} {STATUS_TEXT.get(status, '')}: {reason}\n".encode()
+    start_response(
+        f"{status} {STATUS_TEXT.get(status, 'Error')}",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))] + (headers or []),
+    )
+    return [body]
+
+
+class CountingInput:
+    """Wraps wsgi.input to count bytes and tell whether the body was consumed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.count = 0
+        self.eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size) if size is not None and size >= 0 else self.inner.read()
+        self.count += len(data)
+        if not data or size is None or size < 0:
+            self.eof = True
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self.inner.readline(size)
+        self.count += len(data)
+        return data
+
+    def __iter__(self):
+        return iter(self.read, b"")
+
+
+class RequestGuard:
+    """See module docstring.  ``app`` is the WsgiDAV application."""
+
+    def __init__(self, app: Callable, *, metrics: Any = None, health: Callable[[], dict] | None = None,
+                 propfind_infinity: bool = False) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.health = health or (lambda: {"status": "ok"})
+        self.propfind_infinity = propfind_infinity
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        t0 = time.monotonic()
+        method = environ.get("REQUEST_METHOD", "")
+        raw_path = environ.get("PATH_INFO", "")
+        shown = redact(raw_path)
+        result: dict[str, Any] = {"status": 0, "out": 0}
+        inp = CountingInput(environ.get("wsgi.input", io.BytesIO()))
+        environ["wsgi.input"] = inp
+
+        def sr(status: str, headers: list, exc_info=None):
+            result["status"] = int(status.split(" ", 1)[0])
+            headers = list(headers)
+            self._protect_connection(environ, inp, headers)
+            return start_response(status, headers, exc_info)
+
+        try:
+            it = self._route(environ, sr, method, raw_path)
+            for chunk in it:
+                result["out"] += len(chunk)
+                yield chunk
+            if hasattr(it, "close"):
+                it.close()
+        finally:
+            dt = time.monotonic() - t0
+            if self.metrics is not None:
+                self.metrics.observe_request(method, result["status"], dt, inp.count, result["out"])
+            log.info('%s %s %s %d %d %.3f', method, shown, result["status"], inp.count, result["out"], dt)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, environ: dict, sr: Callable, method: str, raw_path: str) -> Iterable[bytes]:
+        if raw_path == "/_health" and method in ("GET", "HEAD"):
+            body = (json.dumps(self.health()) + "\n").encode()
+            sr("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body] if method == "GET" else [b""]
+        if raw_path == "/_metrics" and method in ("GET", "HEAD") and self.metrics is not None:
+            body = self.metrics.render().encode()
+            sr("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
+            return [body] if method == "GET" else [b""]
+        problem = self._check(environ, method, raw_path)
+        if problem is not None:
+            status, reason, extra = problem
+            if status == 403 and extra == "propfind":
+                body = (
+                    b'<?xml version="1.0" encoding="utf-8"?>\n'
+                    b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
+                )
+                sr("403 Forbidden", [("Content-Type", "application/xml; charset=utf-8"), ("Content-Length", str(len(body)))])
+                return [body]
+            return _plain(sr, status, reason)
+        return self.app(environ, sr)
+
+    def _check(self, environ: dict, method: str, raw_path: str) -> tuple[int, str, str] | None:
+        # Path: valid UTF-8 (WsgiDAV would drop the connection), no NUL,
+        # no encoded slash/backslash, no dot segments.
+        try:
+            path = raw_path.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return 400, "request path is not valid UTF-8", ""
+        uri = environ.get("REQUEST_URI", "") or environ.get("RAW_URI", "")
+        if _ENCODED_BAD.search(uri.split("?", 1)[0]):
+            return 400, "encoded slashes, backslashes and NUL are not allowed in paths", ""
+        if "\x00" in path:
+            return 400, "NUL is not allowed in paths", ""
+        segs = path.split("/")
+        if any(s in (".", "..") for s in segs):
+            return 400, "'.' and '..' path segments are not allowed", ""
+        dest = environ.get("HTTP_DESTINATION")
+        if dest is not None:
+            if _ENCODED_BAD.search(dest):
+                return 400, "encoded slashes, backslashes and NUL are not allowed in Destination", ""
+            from urllib.parse import unquote, urlparse
+
+            try:
+                dpath = unquote(urlparse(dest).path, errors="strict")
+            except (ValueError, UnicodeDecodeError):
+                return 400, "malformed Destination header", ""
+            if not dpath.startswith("/") or any(s in (".", "..") for s in dpath.split("/")) or "\x00" in dpath:
+                return 400, "malformed Destination header", ""
+        depth = environ.get("HTTP_DEPTH")
+        if depth is not None and depth.strip().lower() not in ("0", "1", "infinity"):
+            return 400, "invalid Depth header", ""
+        if method == "PROPFIND" and not self.propfind_infinity:
+            if depth is None or depth.strip().lower() == "infinity":
+                return 403, "PROPFIND with Depth: infinity is disabled", "propfind"
+        rng = environ.get("HTTP_RANGE")
+        if rng is not None and "," in rng:
+            # WsgiDAV would serve only the last range; the whole body (200)
+            # is the other correct answer RFC 7233 allows.
+            del environ["HTTP_RANGE"]
+        if method in XML_BODY_METHODS:
+            return self._check_xml_body(environ)
+        return None
+
+    def _check_xml_body(self, environ: dict) -> tuple[int, str, str] | None:
+        inp: CountingInput = environ["wsgi.input"]
+        te = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        cl = environ.get("CONTENT_LENGTH", "")
+        if "chunked" in te:
+            body = inp.read(MAX_XML_BODY + 1)
+            if len(body) > MAX_XML_BODY:
+                return 413, "XML request body too large", ""
+            inp.eof = True
+        else:
+            try:
+                n = int(cl) if cl else 0
+            except ValueError:
+                return 400, "invalid Content-Length", ""
+            if n < 0:
+                return 400, "invalid Content-Length", ""
+            if n > MAX_XML_BODY:
+                return 413, "XML request body too large", ""
+            body = inp.read(n) if n else b""
+            if len(body) != n:
+                return 400, "request body shorter than Content-Length", ""
+            inp.eof = True
+        if body.strip():
+            try:
+                safe_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+            except DefusedXmlException:
+                return 400, "DTDs and entities are not allowed in XML bodies", ""
+            except (ParseError, ValueError, SyntaxError):
+                return 400, "malformed XML body", ""
+        environ["wsgi.input"] = CountingInput(io.BytesIO(body))
+        environ["wsgi.input"].count = 0
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        inp.count = len(body)
+        return None
+
+    @staticmethod
+    def _protect_connection(environ: dict, inp: CountingInput, headers: list) -> None:
+        """Never let cheroot slurp a large unread body into memory.
+
+        cheroot drains an unread Content-Length body with one read() to keep
+        the connection alive.  Small leftovers are fine; for large ones we
+        tell cheroot nothing is left and close the connection instead.
+        Unread chunked bodies are never drained by cheroot: close as well.
+        """
+        if inp.eof:
+            return
+        raw = environ.get("wsgi.input")
+        inner = raw.inner if isinstance(raw, CountingInput) else raw
+        remaining = getattr(inner, "remaining", None)
+        te = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        must_close = ("chunked" in te) or (remaining is not None and remaining > DRAIN_LIMIT)
+        if must_close:
+            if remaining is not None:
+                try:
+                    inner.remaining = 0
+                except AttributeError:
+                    pass
+            if not any(k.lower() == "connection" for k, _ in headers):
+                headers.append(("Connection", "close"))

@@ -1,0 +1,273 @@
+"""The URL space: one WsgiDAV provider at ``/`` that resolves every path.
+
+    /                         the caller's collections, as folders
+    /<name>/...               a collection by name, and paths inside it
+    /by_id/<uuid|pdh>/...     a collection by UUID (writable) or PDH (snapshot)
+    /c=<uuid|pdh>/...         the same, keep-web style
+    /t=<token>/...            a token in the path (auth strips nothing; the
+                              resolver skips this component)
+    /<collection>/.arvados#collection   the virtual JSON record (read-only)
+
+This is the single resolver: resources, COPY/MOVE destinations and lock
+roots all come through ``locate``.  Resolution is cached per request in the
+environ because WsgiDAV asks for the same path several times.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import quote
+
+from wsgidav.dav_error import DAVError
+from wsgidav.dav_provider import DAVProvider
+
+from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
+from ..collection.segments import etag_of, size_of
+from ..manifest import is_portable_data_hash
+from ..session import Session, parse_time
+from ..storage.catalog import CatalogError, CollectionRecord
+from ..storage.catalog import NotFound as CatalogNotFound
+from .errors import dav_error
+from .junk import JunkStore
+from .props import DeadPropertyManager
+
+_UUID_RE = re.compile(r"[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}")
+_PDH_DASH_RE = re.compile(r"([0-9a-f]{32})[- ]([0-9]+)")
+
+RESERVED_TOP = {"by_id", "_health", "_metrics", "_"}
+
+
+def normalize_ident(ident: str) -> str | None:
+    """A UUID or PDH from a URL component (keep-web allows '-' for '+')."""
+    if _UUID_RE.fullmatch(ident):
+        return ident
+    if is_portable_data_hash(ident):
+        return ident
+    m = _PDH_DASH_RE.fullmatch(ident)
+    if m:
+        return f"{m.group(1)}+{m.group(2)}"
+    return None
+
+
+@dataclass
+class Location:
+    """Where a path points, resolved as far as it exists."""
+
+    kind: str  # "top" | "by_id" | "coll"
+    ident: str | None = None
+    inner: str = ""
+    name: str = ""
+    is_top_level: bool = False  # the path is exactly /<name>
+    readonly_id: bool = False
+    junk: bool = False
+    record: dict[str, Any] | None = None
+    _tree: CollectionTree | None = None
+    _loader: Callable[[], CollectionTree | None] | None = field(default=None, repr=False)
+
+    @property
+    def tree(self) -> CollectionTree | None:
+        if self._tree is None and self._loader is not None:
+            loader, self._loader = self._loader, None
+            self._tree = loader()
+        return self._tree
+
+    @property
+    def coll_key(self) -> str:
+        if self._tree is not None and self._tree.uuid:
+            return self._tree.uuid
+        return self.ident or ""
+
+    @property
+    def is_collection_root(self) -> bool:
+        return self.kind == "coll" and self.inner == "" and self.ident is not None
+
+    def child(self, name: str) -> "Location":
+        return Location(
+            kind="coll",
+            ident=self.ident,
+            inner=f"{self.inner}/{name}" if self.inner else name,
+            name=name,
+            readonly_id=self.readonly_id,
+            record=None,
+            _tree=self.tree,
+        )
+
+
+class CollectionProvider(DAVProvider):
+    def __init__(self, *, junk: JunkStore, prop_manager: DeadPropertyManager | None, propfind_infinity: bool = False) -> None:
+        super().__init__()
+        self.junk = junk
+        self._dead_props = prop_manager
+        self.propfind_infinity = propfind_infinity
+
+    def set_prop_manager(self, prop_manager) -> None:
+        # WsgiDAV passes its own (None unless configured); we always use ours.
+        super().set_prop_manager(self._dead_props)
+
+    def is_readonly(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def session(environ: dict) -> Session:
+        return environ["davcoll.session"]
+
+    def reserved_name_reason(self, name: str) -> str | None:
+        if name in RESERVED_TOP or name.startswith(("c=", "t=")):
+            return f"{name!r} is reserved at the top level"
+        if "/" in name or "\x00" in name or name in (".", ".."):
+            return "invalid collection name"
+        return None
+
+    def visible_collections(self, environ: dict) -> list[CollectionRecord]:
+        out = []
+        for rec in self.session(environ).list_collections():
+            if rec.name and self.reserved_name_reason(rec.name) is None:
+                out.append(rec)
+        return out
+
+    def canonical_ref(self, loc: Location, inner: str) -> str:
+        """Key for locks and dead properties: the same whatever URL was used."""
+        key = f"/by_id/{loc.coll_key}"
+        if inner:
+            key += "/" + inner
+        return quote(key)
+
+    def _open(self, environ: dict, ident: str) -> CollectionTree | None:
+        try:
+            return self.session(environ).open_tree(ident, no_cache=environ.get("davcoll.no_cache", False))
+        except CatalogNotFound:
+            return None
+        except (CatalogError, FsError) as e:
+            raise dav_error(e) from e
+
+    # ------------------------------------------------------------------ resolution
+
+    def locate(self, path: str, environ: dict) -> Location | None:
+        """Parse a share-relative path; None if it cannot name anything."""
+        parts = [unicodedata.normalize("NFC", p) for p in path.split("/") if p]
+        if parts and parts[0].startswith("t="):
+            parts = parts[1:]
+        if not parts:
+            return Location(kind="top")
+        head = parts[0]
+        if head == "by_id":
+            if len(parts) == 1:
+                return Location(kind="by_id")
+            ident = normalize_ident(parts[1])
+            rest = parts[2:]
+            top = False
+        elif head.startswith("c="):
+            ident = normalize_ident(head[2:])
+            rest = parts[1:]
+            top = False
+        else:
+            rec = self.session(environ).find_collection(head)
+            if rec is None and len(parts) == 1:
+                return Location(kind="coll", name=head, is_top_level=True)
+            if rec is None:
+                return None
+            ident = rec.uuid
+            rest = parts[1:]
+            top = len(parts) == 1
+            if top:
+                loc = Location(kind="coll", ident=ident, name=head, is_top_level=True, record=_record_dict(rec))
+                loc._loader = lambda: self._open(environ, ident)
+                return loc
+        if ident is None:
+            return None
+        loc = Location(
+            kind="coll",
+            ident=ident,
+            inner="/".join(rest),
+            name=rest[-1] if rest else ident,
+            is_top_level=top,
+            readonly_id=is_portable_data_hash(ident),
+        )
+        tree = self._open(environ, ident)
+        if tree is None:
+            return None
+        loc._tree = tree
+        return loc
+
+    def get_resource_inst(self, path: str, environ: dict):
+        cache = environ.setdefault("davcoll.res_cache", {})
+        if path in cache:
+            return cache[path]
+        res = self._resolve(path, environ)
+        cache[path] = res
+        return res
+
+    def _resolve(self, path: str, environ: dict):
+        from .resources import ByIdResource, DirResource, FileResource, JunkResource, RecordResource, TopResource
+
+        loc = self.locate(path, environ)
+        if loc is None:
+            return None
+        if loc.kind == "top":
+            return TopResource(path, environ, loc)
+        if loc.kind == "by_id":
+            return ByIdResource(path, environ, loc)
+        if loc.ident is None:
+            return None
+        if loc.inner == "":
+            tree = loc.tree
+            if tree is None:
+                return None
+            mtime = parse_time(loc.record["modified_at"]) if loc.record else tree.mtime
+            return DirResource(path, environ, loc, Stat(True, 0, mtime, None))
+        tree = loc.tree
+        if tree is None:
+            return None
+        if loc.inner == VIRTUAL_RECORD_NAME:
+            return RecordResource(path, environ, loc)
+        if self.junk.is_junk(loc.name):
+            loc.junk = True
+            entry = self.junk.get(loc.coll_key, loc.inner)
+            return JunkResource(path, environ, loc, entry) if entry is not None else None
+        try:
+            segs = tree.snapshot(loc.inner)
+        except IsADirectory:
+            st = tree.stat(loc.inner)
+            return DirResource(path, environ, loc, st)
+        except (NotFound, NotADirectory, InvalidName):
+            return None
+        except FsError as e:
+            raise dav_error(e) from e
+        st = Stat(False, size_of(segs), _mtime(tree, loc.inner), etag_of(segs))
+        return FileResource(path, environ, loc, st, segs)
+
+    def collection_root_from_record(self, parent_path: str, rec: CollectionRecord, environ: dict):
+        """A listing entry for a collection, without loading its manifest."""
+        from .resources import DirResource
+
+        ident = rec.uuid
+        loc = Location(kind="coll", ident=ident, name=rec.name, is_top_level=True, record=_record_dict(rec))
+        loc._loader = lambda: self._open(environ, ident)
+        path = parent_path.rstrip("/") + "/" + rec.name
+        return DirResource(path, environ, loc, Stat(True, 0, parse_time(rec.modified_at), None))
+
+    def custom_request_handler(self, environ, start_response, default_handler):
+        return default_handler(environ, start_response)
+
+
+def _mtime(tree: CollectionTree, inner: str) -> float:
+    try:
+        return tree.stat(inner).mtime
+    except FsError:
+        return tree.mtime
+
+
+def _record_dict(rec: CollectionRecord) -> dict[str, Any]:
+    return {
+        "uuid": rec.uuid,
+        "name": rec.name,
+        "portable_data_hash": rec.portable_data_hash,
+        "properties": dict(rec.properties or {}),
+        "modified_at": rec.modified_at,
+        "version": rec.version,
+    }

@@ -1,0 +1,799 @@
+"""WsgiDAV resources over collection trees.
+
+Resources are cheap per-request views: they hold the tree, the path inside
+it and a stat/snapshot taken when the resource was resolved, so every getter
+is O(1) and a GET streams exactly the content whose length and ETag it
+announced.  Mutations go through the request's ``ChangeSet`` (see
+``collection/tree.py``); the sync middleware commits it before any status
+is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+import time
+import unicodedata
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from wsgidav import util
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_FORBIDDEN,
+    HTTP_INTERNAL_ERROR,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection
+
+from ..collection import ChangeSet, CollectionTree, FsError, Stat
+from ..collection.segments import buffers_of, etag_of, size_of
+from ..collection.tree import pack_and_store
+from ..storage.blocks import BlockStoreError
+from ..storage.catalog import CatalogError
+from .errors import dav_error
+from .props import COLLECTION_NS, PROPS_NS, collection_props_get, is_xml_name
+
+if TYPE_CHECKING:
+    from .provider import CollectionProvider, Location
+
+QUOTA_AVAILABLE = 1 << 50  # advertised free space: Explorer/rclone need a number
+
+_ctype_cache: dict[str, str] = {}
+
+
+def content_type_for(name: str) -> str:
+    """MIME type from the file name (cached per extension)."""
+    dot = name.rfind(".")
+    ext = name[dot:].lower() if dot > 0 else ""
+    ct = _ctype_cache.get(ext)
+    if ct is None:
+        ct = mimetypes.guess_type("x" + ext)[0] if ext else None
+        ct = ct or "application/octet-stream"
+        if ct.startswith("text/"):
+            ct += "; charset=utf-8"
+        _ctype_cache[ext] = ct
+    return ct
+
+
+def change_of(environ: dict) -> ChangeSet:
+    """The request's change set (created on first use)."""
+    ch = environ.get("davcoll.change")
+    if ch is None:
+        ch = environ["davcoll.change"] = ChangeSet()
+    return ch
+
+
+def join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a else b
+
+
+class _Mixin:
+    """Helpers shared by collection-backed resources."""
+
+    provider: "CollectionProvider"
+    environ: dict
+    loc: "Location"
+
+    def _session(self):
+        return self.environ["davcoll.session"]
+
+    def _ref_key(self, inner: str | None = None) -> str:
+        return self.provider.canonical_ref(self.loc, self.loc.inner if inner is None else inner)
+
+    def _fail(self, exc: BaseException, **kw: Any) -> DAVError:
+        return dav_error(exc, **kw)
+
+    def _forget_resolution(self) -> None:
+        self.environ.pop("davcoll.res_cache", None)
+
+    # --- native copy / move (single tree operations) -----------------------
+
+    def _copy_or_move(self, dest_path: str, *, move: bool, recursive: bool = True) -> bool:
+        prov = self.provider
+        dst = prov.locate(dest_path, self.environ)
+        if dst is None:
+            raise DAVError(HTTP_BAD_REQUEST, context_info="invalid destination path")
+        src = self.loc
+        dest_exists = prov.get_resource_inst(dest_path, self.environ) is not None
+        try:
+            if src.is_collection_root and (dst.is_top_level or dst.kind == "top"):
+                return self._collection_level(dst, move=move, dest_exists=dest_exists)
+            if dst.tree is None or dst.is_collection_root:
+                raise DAVError(HTTP_FORBIDDEN, context_info="only folders (collections) can be created at the top level")
+            if src.tree is None:
+                raise DAVError(HTTP_FORBIDDEN, context_info="cannot copy or move this resource")
+            change = change_of(self.environ)
+            if src.junk or prov.junk.is_junk(dst.name):
+                return self._junk_copy(dst, move=move)
+            if src.tree is dst.tree:
+                change.acquire(src.tree)
+                if move:
+                    src.tree.rename(change, src.inner, dst.inner, overwrite=True)
+                else:
+                    src.tree.copy(change, src.inner, dst.inner, overwrite=True, recursive=recursive)
+            else:
+                change.lock_trees(src.tree, dst.tree)
+                dst.tree.import_entry(change, src.tree, src.inner, dst.inner, overwrite=True, recursive=recursive)
+                if move:
+                    if src.is_collection_root:
+                        raise DAVError(HTTP_FORBIDDEN, context_info="move a collection to the top level to rename it")
+                    src.tree.remove(change, src.inner)
+        except (FsError, CatalogError, BlockStoreError) as e:
+            raise self._fail(e, already_exists=HTTP_PRECONDITION_FAILED) from e
+        self._after_copy_move(dst, move=move, dest_exists=dest_exists)
+        return True
+
+    def _after_copy_move(self, dst: "Location", *, move: bool, dest_exists: bool) -> None:
+        prov = self.provider
+        src_ref = self._ref_key()
+        dst_ref = prov.canonical_ref(dst, dst.inner)
+        if prov.prop_manager is not None:
+            if dest_exists:
+                prov.prop_manager.remove_tree(dst_ref)
+            if move:
+                prov.prop_manager.move_properties(src_ref, dst_ref, with_children=True, environ=self.environ)
+            else:
+                prov.prop_manager.copy_properties(src_ref, dst_ref, self.environ)
+        if move:
+            self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+        self.environ["davcoll.created"] = not dest_exists
+        self._forget_resolution()
+
+    def _junk_copy(self, dst: "Location", *, move: bool) -> bool:
+        """Copy/move between system metadata names (kept in memory only)."""
+        prov = self.provider
+        src = self.loc
+        entry = prov.junk.get(src.coll_key, src.inner) if src.junk else None
+        if entry is None or not prov.junk.is_junk(dst.name):
+            raise DAVError(HTTP_FORBIDDEN, context_info="system metadata files cannot become regular files or vice versa")
+        created = prov.junk.put(dst.coll_key, dst.inner, entry.data)
+        if move:
+            prov.junk.delete(src.coll_key, src.inner)
+        self.environ["davcoll.created"] = created
+        self._forget_resolution()
+        return True
+
+    def _collection_level(self, dst: "Location", *, move: bool, dest_exists: bool) -> bool:
+        """MOVE /a/ → /b/ renames a collection; COPY makes a new one."""
+        sess = self._session()
+        src = self.loc
+        if not dst.is_top_level:
+            raise DAVError(HTTP_FORBIDDEN, context_info="collections can only be moved or copied at the top level")
+        if src.readonly_id:
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot is read-only")
+        if dest_exists:
+            if dst.tree is not None and dst.tree.uuid == (src.tree.uuid if src.tree else None):
+                raise DAVError(HTTP_FORBIDDEN, context_info="source and destination are the same")
+            target = sess.find_collection(dst.name, fresh=True)
+            if target is not None:
+                sess.trash_collection(target.uuid)
+        assert src.tree is not None
+        try:
+            if move:
+                sess.rename_collection(src.tree.uuid, dst.name)
+            else:
+                sess.copy_collection(src.tree.uuid, dst.name)
+        except (CatalogError, FsError) as e:
+            raise self._fail(e) from e
+        self.environ["davcoll.created"] = not dest_exists
+        self._forget_resolution()
+        return True
+
+    def _delete(self) -> bool:
+        prov = self.provider
+        loc = self.loc
+        try:
+            if loc.is_collection_root:
+                if loc.readonly_id or loc.tree is None:
+                    raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="read-only")
+                self._session().trash_collection(loc.tree.uuid)
+                prov.junk.drop_tree(loc.coll_key)
+            elif loc.junk:
+                prov.junk.delete(loc.coll_key, loc.inner)
+            else:
+                assert loc.tree is not None
+                loc.tree.remove(change_of(self.environ), loc.inner)
+                prov.junk.drop_tree(loc.coll_key, loc.inner)
+        except (FsError, CatalogError) as e:
+            raise self._fail(e) from e
+        if prov.prop_manager is not None:
+            prov.prop_manager.remove_tree(self._ref_key())
+        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+        self._forget_resolution()
+        return True
+
+
+class TopResource(DAVCollection):
+    """``/``: every collection the caller can see, as a folder."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location") -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+
+    def get_ref_url(self) -> str:
+        return "/"
+
+    def get_display_name(self) -> str:
+        return ""
+
+    def get_member_names(self) -> list[str]:
+        return [r.name for r in self.provider.visible_collections(self.environ)]
+
+    def get_member(self, name: str):
+        return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
+
+    def get_member_list(self):
+        out = []
+        for rec in self.provider.visible_collections(self.environ):
+            res = self.provider.collection_root_from_record(self.path, rec, self.environ)
+            if res is not None:
+                out.append(res)
+        return out
+
+    def get_last_modified(self):
+        return None
+
+    def get_available_bytes(self):
+        return QUOTA_AVAILABLE
+
+    def get_used_bytes(self):
+        return None
+
+    def create_collection(self, name: str):
+        prov = self.provider
+        name = unicodedata.normalize("NFC", name)
+        reason = prov.reserved_name_reason(name)
+        if reason:
+            raise DAVError(HTTP_FORBIDDEN, context_info=reason)
+        try:
+            self.environ["davcoll.session"].create_collection(name)
+        except (CatalogError, FsError) as e:
+            raise dav_error(e) from e
+        self.environ.pop("davcoll.res_cache", None)
+
+    def create_empty_resource(self, name: str):
+        raise DAVError(HTTP_FORBIDDEN, context_info="only folders (collections) can be created at the top level")
+
+    def delete(self):
+        raise DAVError(HTTP_FORBIDDEN, context_info="cannot delete the top level")
+
+    def handle_delete(self):
+        raise DAVError(HTTP_FORBIDDEN, context_info="cannot delete the top level")
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        raise DAVError(HTTP_FORBIDDEN, context_info="cannot copy the top level")
+
+    def handle_move(self, dest_path):
+        raise DAVError(HTTP_FORBIDDEN, context_info="cannot move the top level")
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+
+class ByIdResource(DAVCollection):
+    """``/by_id``: resolves collections by UUID or PDH on demand; lists nothing."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location") -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+
+    def get_ref_url(self) -> str:
+        return "/by_id"
+
+    def get_member_names(self) -> list[str]:
+        return []
+
+    def get_last_modified(self):
+        return None
+
+    def create_collection(self, name: str):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def create_empty_resource(self, name: str):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def handle_delete(self):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def handle_move(self, dest_path):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+
+class DirResource(_Mixin, DAVCollection):
+    """A folder inside a collection (including the collection root)."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location", stat: Stat) -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+        self.stat = stat
+
+    # --- identity and live properties ---------------------------------------
+
+    def get_ref_url(self) -> str:
+        return self._ref_key()
+
+    def get_display_name(self) -> str:
+        return self.loc.name
+
+    def get_last_modified(self):
+        return self.stat.mtime
+
+    def get_creation_date(self):
+        return None
+
+    def get_etag(self):
+        return None
+
+    def support_etag(self):
+        return False
+
+    def get_available_bytes(self):
+        return QUOTA_AVAILABLE
+
+    def get_used_bytes(self):
+        return None
+
+    def get_member_names(self) -> list[str]:
+        assert self.loc.tree is not None
+        try:
+            names = self.loc.tree.names(self.loc.inner)
+        except FsError as e:
+            raise self._fail(e) from e
+        junk = self.provider.junk.names_in(self.loc.coll_key, self.loc.inner)
+        return sorted(set(names) | set(junk)) if junk else names
+
+    def get_member(self, name: str):
+        return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
+
+    def get_member_list(self):
+        """Children built straight from one directory listing (no re-resolving)."""
+        tree = self.loc.tree
+        assert tree is not None
+        try:
+            entries = tree.listdir(self.loc.inner)
+        except FsError as e:
+            raise self._fail(e) from e
+        out: list = []
+        base = self.path.rstrip("/")
+        for name, st in entries:
+            child = self.loc.child(name)
+            path = f"{base}/{name}"
+            if st.is_dir:
+                out.append(DirResource(path, self.environ, child, st))
+            else:
+                out.append(FileResource(path, self.environ, child, st, None))
+        for name in self.provider.junk.names_in(self.loc.coll_key, self.loc.inner):
+            res = self.get_member(name)
+            if res is not None:
+                out.append(res)
+        return out
+
+    # --- collection-root properties (catalog properties) -------------------
+
+    def _record(self) -> dict | None:
+        """The catalog record of a collection root (without loading its tree
+        when the listing already supplied it)."""
+        if not self.loc.is_collection_root:
+            return None
+        if self.loc.record is not None:
+            return self.loc.record
+        tree = self.loc.tree
+        return tree.record if tree is not None else None
+
+    def get_property_names(self, *, is_allprop):
+        names = super().get_property_names(is_allprop=is_allprop)
+        rec = self._record()
+        if rec is not None:
+            names.extend(f"{{{COLLECTION_NS}}}{k}" for k in ("uuid", "portable_data_hash", "version"))
+            names.extend(f"{{{PROPS_NS}}}{k}" for k in (rec.get("properties") or {}) if is_xml_name(k))
+        return names
+
+    def get_property_value(self, name: str):
+        rec = self._record()
+        if rec is not None:
+            value = collection_props_get(rec, name)
+            if value is not None:
+                return value
+        return super().get_property_value(name)
+
+    def set_property_value(self, name: str, value, *, dry_run: bool = False):
+        if name.startswith("{" + COLLECTION_NS + "}"):
+            raise DAVError(HTTP_FORBIDDEN, context_info="read-only collection property")
+        if name.startswith("{" + PROPS_NS + "}"):
+            if not self.loc.is_collection_root or self.loc.tree is None:
+                raise DAVError(HTTP_FORBIDDEN, context_info="collection properties live on the collection root")
+            if self.loc.readonly_id:
+                raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
+            key = name[len(PROPS_NS) + 2 :]
+            pending = self.environ.setdefault("davcoll.props_update", {})
+            tree = self.loc.tree
+            props = pending.get(tree)
+            if props is None:
+                props = dict(tree.record.get("properties") or {})
+            if value is None:
+                props.pop(key, None)
+            else:
+                props[key] = "".join(value.itertext())
+            if not dry_run:
+                pending[tree] = props
+            return True
+        if self.loc.readonly_id:
+            raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
+        return super().set_property_value(name, value, dry_run=dry_run)
+
+    def set_last_modified(self, dest_path, time_stamp, *, dry_run):
+        return True  # Windows timestamps are accepted; manifests carry no mtimes
+
+    # --- writes --------------------------------------------------------------
+
+    def create_empty_resource(self, name: str):
+        prov = self.provider
+        name = unicodedata.normalize("NFC", name)
+        child = self.loc.child(name)
+        if prov.junk.is_junk(name):
+            child.junk = True
+            return JunkResource(util.join_uri(self.path, name), self.environ, child, None)
+        tree = self.loc.tree
+        assert tree is not None
+        if self.environ.get("REQUEST_METHOD") == "LOCK":
+            # A lock-null resource becomes a real, empty file (RFC 4918 7.3).
+            try:
+                tree.put_file(change_of(self.environ), child.inner, ())
+            except FsError as e:
+                raise self._fail(e) from e
+            self._forget_resolution()
+            return FileResource(util.join_uri(self.path, name), self.environ, child, Stat(False, 0, time.time(), etag_of(())), ())
+        if tree.readonly:
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot is read-only")
+        return FileResource(util.join_uri(self.path, name), self.environ, child, None, None)
+
+    def create_collection(self, name: str):
+        name = unicodedata.normalize("NFC", name)
+        assert self.loc.tree is not None
+        if self.provider.junk.is_junk(name):
+            raise DAVError(HTTP_FORBIDDEN, context_info="system metadata names cannot be folders")
+        try:
+            self.loc.tree.mkdir(change_of(self.environ), join(self.loc.inner, name))
+        except FsError as e:
+            raise self._fail(e) from e
+        self._forget_resolution()
+
+    def delete(self):
+        self._delete()
+
+    def handle_delete(self):
+        return self._delete()
+
+    def support_recursive_delete(self):
+        return True
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        return self._copy_or_move(dest_path, move=False, recursive=depth_infinity)
+
+    def handle_move(self, dest_path):
+        return self._copy_or_move(dest_path, move=True)
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+    def copy_move_single(self, dest_path, *, is_move):  # pragma: no cover - native handlers cover it
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback copy/move")
+
+    def move_recursive(self, dest_path):  # pragma: no cover
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
+
+
+class _UploadStream:
+    """What ``begin_write`` hands WsgiDAV: counts bytes into a FileWriter."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def writelines(self, chunks) -> None:
+        for c in chunks:
+            self.writer.write(c)
+
+    def close(self) -> None:
+        pass
+
+
+def expected_upload_size(environ: dict) -> int | None:
+    """The body size the client announced (Content-Length, or Finder's
+    X-Expected-Entity-Length for chunked uploads)."""
+    te = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    raw = environ.get("HTTP_X_EXPECTED_ENTITY_LENGTH") if "chunked" in te else environ.get("CONTENT_LENGTH")
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class FileResource(_Mixin, DAVNonCollection):
+    """A file in a collection; ``segs`` is the snapshot it reads."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location", stat: Stat | None, segs: tuple | None) -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+        self.stat = stat
+        self._segs = segs
+        self._writer = None
+
+    def _snapshot(self) -> tuple:
+        if self._segs is None:
+            if self.stat is None:
+                raise DAVError(HTTP_NOT_FOUND)
+            assert self.loc.tree is not None
+            try:
+                self._segs = self.loc.tree.snapshot(self.loc.inner)
+            except FsError as e:
+                raise self._fail(e) from e
+        return self._segs
+
+    def get_ref_url(self) -> str:
+        return self._ref_key()
+
+    def get_display_name(self) -> str:
+        return self.loc.name
+
+    def get_content_length(self):
+        if self._segs is not None:
+            return size_of(self._segs)
+        return self.stat.size if self.stat else 0
+
+    def get_content_type(self):
+        return content_type_for(self.loc.name)
+
+    def get_creation_date(self):
+        return None
+
+    def get_etag(self):
+        if self._segs is not None:
+            return etag_of(self._segs)
+        return self.stat.etag if self.stat else None
+
+    def support_etag(self):
+        return True
+
+    def get_last_modified(self):
+        return self.stat.mtime if self.stat else time.time()
+
+    def support_ranges(self):
+        return True
+
+    def get_content(self):
+        assert self.loc.tree is not None
+        from ..collection.io import FileReader
+
+        return FileReader(self._snapshot(), self.loc.tree.store)
+
+    def set_last_modified(self, dest_path, time_stamp, *, dry_run):
+        return True  # accepted (Windows); manifests carry no per-file times
+
+    def set_property_value(self, name: str, value, *, dry_run: bool = False):
+        if self.loc.readonly_id:
+            raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
+        return super().set_property_value(name, value, dry_run=dry_run)
+
+    # --- upload ---------------------------------------------------------------
+
+    def begin_write(self, *, content_type=None):
+        tree = self.loc.tree
+        assert tree is not None
+        try:
+            self._writer = tree.new_writer()
+        except FsError as e:
+            raise self._fail(e) from e
+        return _UploadStream(self._writer)
+
+    def end_write(self, *, with_errors):
+        writer = self._writer
+        if writer is None:
+            return
+        self._writer = None
+        if with_errors:
+            writer.abort()
+            return
+        expected = expected_upload_size(self.environ)
+        if expected is not None and writer.bytes_written != expected:
+            writer.abort()
+            raise DAVError(
+                HTTP_BAD_REQUEST,
+                context_info=f"upload incomplete: received {writer.bytes_written} of {expected} bytes; nothing was changed",
+            )
+        tree = self.loc.tree
+        assert tree is not None
+        try:
+            segs = writer.close()
+            # Store the tail now, outside the collection's writer lock.
+            pack_and_store(buffers_of(segs), tree.store, tree.flusher)
+            tree.put_file(change_of(self.environ), self.loc.inner, segs)
+        except (FsError, BlockStoreError) as e:
+            writer.abort()
+            raise self._fail(e) from e
+        self._segs = segs
+        self.stat = Stat(False, size_of(segs), time.time(), etag_of(segs))
+        self._forget_resolution()
+
+    # --- delete / copy / move -------------------------------------------------
+
+    def delete(self):
+        self._delete()
+
+    def handle_delete(self):
+        return self._delete()
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        return self._copy_or_move(dest_path, move=False)
+
+    def handle_move(self, dest_path):
+        return self._copy_or_move(dest_path, move=True)
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+    def copy_move_single(self, dest_path, *, is_move):  # pragma: no cover
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback copy/move")
+
+    def move_recursive(self, dest_path):  # pragma: no cover
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
+
+
+class RecordResource(_Mixin, DAVNonCollection):
+    """The read-only, unlisted ``.arvados#collection`` JSON file."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location") -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+        assert loc.tree is not None
+        self._data = loc.tree.record_json()
+
+    def get_ref_url(self) -> str:
+        return self._ref_key()
+
+    def get_content_length(self):
+        return len(self._data)
+
+    def get_content_type(self):
+        return "application/json"
+
+    def get_etag(self):
+        import hashlib
+
+        return hashlib.md5(self._data).hexdigest()
+
+    def support_etag(self):
+        return True
+
+    def get_last_modified(self):
+        assert self.loc.tree is not None
+        return self.loc.tree.mtime
+
+    def support_ranges(self):
+        return True
+
+    def get_content(self):
+        import io
+
+        return io.BytesIO(self._data)
+
+    def prevent_locking(self):
+        return True
+
+    def begin_write(self, *, content_type=None):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info=".arvados#collection is read-only")
+
+    def _ro(self, *a, **kw):
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info=".arvados#collection is read-only")
+
+    delete = handle_delete = handle_move = _ro
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        return self._copy_or_move(dest_path, move=False)
+
+    def set_property_value(self, name, value, *, dry_run=False):
+        raise DAVError(HTTP_FORBIDDEN, context_info=".arvados#collection is read-only")
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+
+class JunkResource(_Mixin, DAVNonCollection):
+    """A Finder/Windows metadata file kept in memory only (see junk.py)."""
+
+    def __init__(self, path: str, environ: dict, loc: "Location", entry) -> None:
+        super().__init__(path, environ)
+        self.loc = loc
+        self.entry = entry
+        self._buf: bytearray | None = None
+
+    def get_ref_url(self) -> str:
+        return self._ref_key()
+
+    def get_display_name(self) -> str:
+        return self.loc.name
+
+    def get_content_length(self):
+        return len(self.entry.data) if self.entry else 0
+
+    def get_content_type(self):
+        return "application/octet-stream"
+
+    def get_etag(self):
+        return self.entry.etag if self.entry else None
+
+    def support_etag(self):
+        return True
+
+    def get_last_modified(self):
+        return self.entry.mtime if self.entry else time.time()
+
+    def support_ranges(self):
+        return True
+
+    def get_content(self):
+        import io
+
+        return io.BytesIO(self.entry.data if self.entry else b"")
+
+    def set_last_modified(self, dest_path, time_stamp, *, dry_run):
+        return True
+
+    def begin_write(self, *, content_type=None):
+        self._buf = bytearray()
+        limit = self.provider.junk.max_file
+        buf = self._buf
+
+        class _Sink:
+            def write(self_inner, data):
+                if len(buf) + len(data) > limit:
+                    raise DAVError(507, context_info="system metadata file too large")
+                buf.extend(data)
+
+            def close(self_inner):
+                pass
+
+        return _Sink()
+
+    def end_write(self, *, with_errors):
+        if with_errors or self._buf is None:
+            self._buf = None
+            return
+        expected = expected_upload_size(self.environ)
+        if expected is not None and len(self._buf) != expected:
+            self._buf = None
+            raise DAVError(HTTP_BAD_REQUEST, context_info="upload incomplete; nothing was changed")
+        self.provider.junk.put(self.loc.coll_key, self.loc.inner, bytes(self._buf))
+        self.entry = self.provider.junk.get(self.loc.coll_key, self.loc.inner)
+        self._buf = None
+        self._forget_resolution()
+
+    def delete(self):
+        self._delete()
+
+    def handle_delete(self):
+        return self._delete()
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        return self._copy_or_move(dest_path, move=False)
+
+    def handle_move(self, dest_path):
+        return self._copy_or_move(dest_path, move=True)
+
+    def support_recursive_move(self, dest_path):
+        return True

@@ -1,0 +1,368 @@
+"""Sessions: who the caller is, which catalog and block store serve them,
+the cache of opened collection trees, and the single commit path.
+
+The WebDAV layer turns a credential into a ``Session`` and asks it for
+collection trees; every write request ends in ``Session.commit``, which
+stores buffered data, sends the delta to the catalog and only then lets the
+response go out.
+
+Locks: ``TreeCache._lock`` guards the cache's dict and byte count (never held
+during catalog calls).  ``Session._list_lock`` guards the short-lived
+listing memo.  Tree and change-set locks are described in
+``collection/tree.py``; ``commit`` runs with the change's writer locks held.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from .collection import ByteBudget, ChangeSet, CollectionTree, Flusher
+from .manifest import is_portable_data_hash
+from .storage.blocks import BlockStore
+from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound
+
+log = logging.getLogger("davcoll.session")
+
+UUID_RE_INFIX = "-4zz18-"
+
+
+@dataclass
+class Principal:
+    """An authenticated caller.  ``token`` is secret: never log it."""
+
+    user_id: str
+    token: str = field(repr=False)
+    can_write: bool = True
+    label: str = ""
+
+    @property
+    def token_key(self) -> str:
+        """A non-reversible key for caches (tokens are never used as keys)."""
+        return hashlib.sha256(self.token.encode()).hexdigest()
+
+
+class Backend(abc.ABC):
+    """Process-wide storage wiring for one backend kind."""
+
+    #: Whether stored manifests are in our normalized layout (lets trees
+    #: reuse untouched directories' lines verbatim).
+    trusted_normalized = False
+    #: Whether trees may be shared by every caller (single-tenant catalog).
+    shared_trees = False
+
+    @abc.abstractmethod
+    def authenticate(self, token: str | None) -> Principal | None:
+        """The principal for a token (None: anonymous), or None if refused."""
+
+    @abc.abstractmethod
+    def catalog(self, principal: Principal) -> Catalog:
+        """The catalog as seen by this caller."""
+
+    @abc.abstractmethod
+    def block_store(self, principal: Principal) -> BlockStore:
+        """The block store (with the shared cache in front) for this caller."""
+
+    def cache_stats(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp ('' → now)."""
+    if not text:
+        return time.time()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+class TreeCache:
+    """Byte-bounded LRU of opened collection trees.
+
+    The byte estimate is the manifest length times a factor: the in-memory
+    tree of a loaded collection is a few times larger than its text.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: "OrderedDict[Any, tuple[CollectionTree, int, float]]" = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Any) -> tuple[CollectionTree, float] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0], item[2]
+
+    def put(self, key: Any, tree: CollectionTree, size: int, validated_at: float) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (tree, size, validated_at)
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, sz, _) = self._items.popitem(last=False)
+                self._bytes -= sz
+
+    def touch(self, key: Any, validated_at: float) -> None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = (item[0], item[1], validated_at)
+
+    def drop(self, key: Any) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class SessionConfig:
+    revalidate_seconds: float = 2.0
+    list_cache_seconds: float = 1.0
+
+
+class SessionManager:
+    """Creates sessions per principal and owns the process-wide tree cache."""
+
+    def __init__(self, backend: Backend, *, tree_cache_bytes: int = 512 << 20, buffer_bytes: int = 256 << 20,
+                 flush_workers: int = 4, config: SessionConfig | None = None) -> None:
+        self.backend = backend
+        self.trees = TreeCache(tree_cache_bytes)
+        self.budget = ByteBudget(buffer_bytes)
+        self.flusher = Flusher(flush_workers)
+        self.config = config or SessionConfig()
+        self._sessions: "OrderedDict[str, Session]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_sessions = 256
+
+    def authenticate(self, token: str | None) -> Principal | None:
+        return self.backend.authenticate(token)
+
+    def session(self, principal: Principal) -> "Session":
+        key = principal.token_key
+        with self._lock:
+            s = self._sessions.get(key)
+            if s is not None:
+                self._sessions.move_to_end(key)
+                return s
+        s = Session(self, principal)
+        with self._lock:
+            self._sessions[key] = s
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        return s
+
+    def close(self) -> None:
+        self.flusher.shutdown()
+        self.backend.close()
+
+
+class Session:
+    """One caller's view: catalog, block store and opened collections."""
+
+    def __init__(self, manager: SessionManager, principal: Principal) -> None:
+        self.manager = manager
+        self.principal = principal
+        self.catalog: Catalog = manager.backend.catalog(principal)
+        self.store: BlockStore = manager.backend.block_store(principal)
+        self._list_lock = threading.Lock()
+        self._list_memo: tuple[float, list[CollectionRecord]] | None = None
+
+    # --------------------------------------------------------------- listing
+
+    def list_collections(self, *, fresh: bool = False) -> list[CollectionRecord]:
+        now = time.monotonic()
+        with self._list_lock:
+            memo = self._list_memo
+        if memo is not None and not fresh and now - memo[0] < self.manager.config.list_cache_seconds:
+            return memo[1]
+        recs = self.catalog.list()
+        with self._list_lock:
+            self._list_memo = (now, recs)
+        return recs
+
+    def forget_listing(self) -> None:
+        with self._list_lock:
+            self._list_memo = None
+
+    def find_collection(self, name: str, *, fresh: bool = False) -> CollectionRecord | None:
+        for rec in self.list_collections(fresh=fresh):
+            if rec.name == name:
+                return rec
+        return None
+
+    # --------------------------------------------------------------- trees
+
+    def _tree_key(self, ident: str) -> tuple:
+        if self.manager.backend.shared_trees:
+            return ("tree", ident)
+        return ("tree", self.principal.token_key, ident)
+
+    def open_tree(self, ident: str, *, no_cache: bool = False) -> CollectionTree:
+        """The collection tree for a UUID (writable) or PDH (read-only snapshot).
+
+        A cached tree is revalidated with a cheap revision check at most every
+        ``revalidate_seconds`` (at once with ``no_cache`` or after a commit
+        the catalog could not vouch for).
+        """
+        key = self._tree_key(ident)
+        cached = self.manager.trees.get(key)
+        pdh = is_portable_data_hash(ident)
+        now = time.monotonic()
+        if cached is not None:
+            tree, validated = cached
+            if pdh:
+                return tree  # content-addressed: never changes
+            # A stale tree (our own commit could not be vouched for) is
+            # reloaded at its next revalidation, so staleness stays bounded
+            # without reloading after every write.
+            due = no_cache or now - validated >= self.manager.config.revalidate_seconds
+            if not due:
+                return tree
+            if not tree.stale:
+                rev = self.catalog.revision(ident)
+                if rev == tree.record.get("_revision"):
+                    self.manager.trees.touch(key, now)
+                    return tree
+        rec = self.catalog.get(ident, with_manifest=True)
+        tree = self._build_tree(rec, readonly=pdh)
+        text_len = len(rec.manifest_text or "")
+        self.manager.trees.put(key, tree, 64 * 1024 + 4 * text_len, now)
+        return tree
+
+    def _build_tree(self, rec: CollectionRecord, *, readonly: bool) -> CollectionTree:
+        m = self.manager
+        record = {
+            "uuid": rec.uuid,
+            "name": rec.name,
+            "portable_data_hash": rec.portable_data_hash,
+            "properties": dict(rec.properties or {}),
+            "modified_at": rec.modified_at,
+            "version": rec.version,
+            "_revision": (rec.modified_at, rec.version),
+        }
+        return CollectionTree(
+            rec.manifest_text or "",
+            store=self.store,
+            flusher=m.flusher,
+            budget=m.budget,
+            readonly=readonly,
+            trusted_normalized=m.backend.trusted_normalized,
+            uuid=rec.uuid if not readonly else (rec.portable_data_hash or ""),
+            version=rec.version,
+            mtime=parse_time(rec.modified_at),
+            record=record,
+        )
+
+    def drop_tree(self, ident: str) -> None:
+        self.manager.trees.drop(self._tree_key(ident))
+
+    # --------------------------------------------------------------- collections
+
+    def create_collection(self, name: str) -> CollectionRecord:
+        rec = self.catalog.create(name)
+        self.forget_listing()
+        return rec
+
+    def copy_collection(self, src_uuid: str, name: str) -> CollectionRecord:
+        tree = self.open_tree(src_uuid)
+        rec = self.catalog.create(name, tree.marshal(), tree.record.get("properties") or {})
+        self.forget_listing()
+        return rec
+
+    def rename_collection(self, uuid: str, name: str) -> None:
+        self.catalog.rename(uuid, name)
+        self.forget_listing()
+        self.drop_tree(uuid)
+
+    def trash_collection(self, uuid: str) -> None:
+        self.catalog.trash(uuid)
+        self.forget_listing()
+        self.drop_tree(uuid)
+
+    def set_properties(self, tree: CollectionTree, properties: dict[str, Any]) -> None:
+        res = self.catalog.update(tree.uuid, properties=properties, base_version=tree.version)
+        self._after_update(tree, res.record, res.applied_on_base)
+        with tree._lock:
+            tree.record["properties"] = dict(properties)
+
+    # --------------------------------------------------------------- commit
+
+    def commit(self, change: ChangeSet) -> None:
+        """Make a request's changes durable, or undo them.
+
+        Stores buffered data, then sends each tree's delta as one (rarely
+        several) ``replace_files`` update.  Raises the catalog's or block
+        store's error after rolling back; releases the writer locks always.
+        """
+        try:
+            if not change:
+                return
+            change.flush()
+            for tree in change.trees:
+                for replace_files, manifest_text in change.batches(tree):
+                    res = self.catalog.update(
+                        tree.uuid,
+                        replace_files=replace_files,
+                        manifest_text=manifest_text or None,
+                        base_version=tree.version,
+                    )
+                    self._after_update(tree, res.record, res.applied_on_base)
+                change.committed(tree, version=tree.version)
+        except BaseException:
+            change.rollback()
+            for tree in change.trees:
+                # The catalog may hold part of the change: reload next time.
+                tree.stale = True
+                self.drop_tree(tree.uuid)
+            raise
+        finally:
+            change.release()
+
+    def _after_update(self, tree: CollectionTree, rec: CollectionRecord, applied_on_base: bool) -> None:
+        with tree._lock:
+            tree.version = rec.version
+            tree.mtime = parse_time(rec.modified_at) if rec.modified_at else time.time()
+            tree.record.update(
+                {
+                    "modified_at": rec.modified_at,
+                    "version": rec.version,
+                    "portable_data_hash": rec.portable_data_hash,
+                    "_revision": (rec.modified_at, rec.version),
+                }
+            )
+            if not applied_on_base:
+                tree.stale = True
+
+
+__all__ = [
+    "Backend",
+    "CatalogError",
+    "NotFound",
+    "Principal",
+    "Session",
+    "SessionConfig",
+    "SessionManager",
+    "TreeCache",
+    "parse_time",
+]
