@@ -325,6 +325,7 @@ class RequestRecord:
     status: int
     headers: dict[str, str]  # lower-case names; Authorization omitted
     token: str | None
+    query: str = ""
 
 
 @dataclass
@@ -621,7 +622,10 @@ class FakeArvados:
         for k in ("CONTENT_LENGTH", "CONTENT_TYPE"):
             if environ.get(k):
                 headers[k.replace("_", "-").lower()] = environ[k]
-        rec = RequestRecord(endpoint, environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), service, status, headers, token)
+        rec = RequestRecord(
+            endpoint, environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), service, status, headers, token,
+            urllib.parse.unquote_plus(environ.get("QUERY_STRING", "")),
+        )
         with self._lock:
             self.requests.append(rec)
 
