@@ -504,3 +504,15 @@ def test_query_string_json_parsing(fake, alice):
     q = urllib.parse.urlencode({"select": json.dumps(["name"])})
     r = alice("GET", f"/arvados/v1/collections/{c['uuid']}?{q}")
     assert r.json() == {"kind": "arvados#collection", "name": "qs"}
+
+
+def test_old_version_refuses_new_replace_files_sources():
+    with FakeArvados(keepstores=1, package_version="2.7.4") as f:
+        f.store_block(b"foo")
+        api = Api(f, f.add_user("old"))
+        c = api.create(name="old", manifest_text=api.sign(f". {FOO} 0:3:a\n"))
+        src = api.create(name="src", manifest_text=api.sign(f". {FOO} 0:3:s\n"))
+        assert_error_shape(rf(api, c["uuid"], {"/b": "current/a"}), 400)
+        assert_error_shape(rf(api, c["uuid"], {"/b": "manifest_text/b"}, f". {FOO} 0:3:b\n"), 400)
+        assert rf(api, c["uuid"], {"/a": "", "/s": f"{src['portable_data_hash']}/s"}).status_code == 200
+        assert f.stored_manifest(c["uuid"]) == f". {FOO} 0:3:s\n"

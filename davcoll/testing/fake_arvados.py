@@ -35,6 +35,9 @@ Deliberate simplifications
   little more than the real validator (spec 2.10); davcoll never sends those.
 * No federation (``+R``), no storage-class accounting beyond ``default``, no
   admin users, no ``replace_segments``.
+* ``package_version`` below 3.0 only changes two things: the discovery
+  document reports it, and ``replace_files`` refuses ``current/`` and
+  ``manifest_text/`` sources (400), as controllers before 3.0 did.
 * A PDH source (``<PDH>/path`` and ``GET collections/<PDH>``) is looked up
   among every version any of the caller's collections ever had.
 
@@ -59,7 +62,6 @@ import json
 import logging
 import random
 import re
-import secrets
 import socket
 import threading
 import time
@@ -336,10 +338,6 @@ class FakeKeepstore:
     blocks: dict[str, bytes] = field(default_factory=dict)  # md5 -> data
     port: int = 0
     url: str = ""
-
-
-class _Abort(Exception):
-    pass
 
 
 class _Gateway(cheroot.wsgi.Gateway_10):
@@ -1098,6 +1096,9 @@ class FakeArvados:
         if replace_files:
             supplied = bool(text)
             ops = plan_replace_files(replace_files, manifest_text_supplied=supplied)
+            if self._version() < (3, 0) and any(op.kind in ("current", "manifest_text") for op in ops):
+                # Before 3.0 the controller only knew "" and <PDH>/path sources.
+                raise _HTTPError(400, "replace_files: invalid source (only '' and PDH/path are supported)")
             new_tree: Dir | None = None
             if supplied:
                 new_tree = self._parse(text)
@@ -1114,6 +1115,10 @@ class FakeArvados:
         self._parse(text)
         self._check_signatures(text, token)
         return sg.strip_manifest_signatures(text)
+
+    def _version(self) -> tuple[int, int]:
+        m = re.match(r"(\d+)\.(\d+)", self.package_version)
+        return (int(m.group(1)), int(m.group(2))) if m else (99, 0)
 
     def _attrs(self, params: dict) -> dict:
         attrs = params.get("collection") or {}
