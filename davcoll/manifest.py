@@ -106,11 +106,17 @@ _HIGH_OCTAL = re.compile(r"\\[4-7][0-7][0-7]")
 _OCTAL_BYTES = re.compile(rb"\\([0-3][0-7][0-7])")
 
 
+def _escape_char(m: re.Match) -> str:
+    return _ESCAPE_TABLE[ord(m.group())]
+
+
 def escape_name(name: str) -> str:
     """Escape a decoded stream or file name the way both SDKs write it."""
     if _NEEDS_ESCAPE.search(name) is None:
         return name
-    return name.translate(_ESCAPE_TABLE)
+    # re.sub touches only the few escaped characters; str.translate with a
+    # dict table would do a Python-level lookup for every character.
+    return _NEEDS_ESCAPE.sub(_escape_char, name)
 
 
 def unescape_name(token: str, line: int = 0) -> str:
@@ -312,19 +318,36 @@ def render_empty_dir(stream_name: str) -> str:
     return f"{stream_name} {EMPTY_BLOCK} 0:0:{EMPTY_DIR_MARKER}\n"
 
 
-def render_stream(stream_name: str, files: Iterable[tuple[str, FileSegments]], *, strip: bool = False) -> str:
-    """One normalized stream line for the files directly in a directory.
+def _escape_all(names: list[str]) -> list[str]:
+    """``escape_name`` over a list, with one regex scan for the common no-escape case.
 
-    ``stream_name`` is already escaped (``.`` or ``./a/b``); ``files`` are
-    ``(decoded name, segments)`` pairs and must be sorted by name.  Returns
-    the line with its trailing newline.
+    Names never contain ``/`` (and ``/`` is never escaped), so the joined
+    string can be scanned and translated in one C call each and split back.
     """
+    joined = "/".join(names)
+    if _NEEDS_ESCAPE.search(joined) is None:
+        return names
+    return _NEEDS_ESCAPE.sub(_escape_char, joined).split("/")
+
+
+def _render_line(stream_name: str, enames: list[str], seg_lists: list[FileSegments], strip: bool) -> str:
+    """The body of ``render_stream`` on already-escaped names (see there)."""
     starts: dict[str, int] = {}
     locs: list[str] = []
     tokens: list[str] = []
+    add = tokens.append
     pos = 0
-    for name, segs in files:
-        ename = escape_name(name)
+    for ename, segs in zip(enames, seg_lists):
+        if len(segs) == 1 and not strip:
+            # One segment, one token: the bulk of real files.
+            loc, off, ln = segs[0]
+            start = starts.get(loc)
+            if start is None:
+                start = starts[loc] = pos
+                locs.append(loc)
+                pos += locator_size(loc)
+            add(f"{start + off}:{ln}:{ename}")
+            continue
         tok_start = -1
         tok_len = 0
         for loc, off, ln in segs:
@@ -336,36 +359,66 @@ def render_stream(stream_name: str, files: Iterable[tuple[str, FileSegments]], *
                 locs.append(loc)
                 pos += locator_size(loc)
             p = start + off
-            if tok_start >= 0 and tok_start + tok_len == p:
-                tok_len += ln
+            if tok_start + tok_len == p and tok_start >= 0:
+                tok_len += ln  # contiguous in the stream: extend the token
             else:
                 if tok_start >= 0:
-                    tokens.append(f"{tok_start}:{tok_len}:{ename}")
+                    add(f"{tok_start}:{tok_len}:{ename}")
                 tok_start, tok_len = p, ln
         if tok_start >= 0:
-            tokens.append(f"{tok_start}:{tok_len}:{ename}")
+            add(f"{tok_start}:{tok_len}:{ename}")
         else:
-            tokens.append(f"0:0:{ename}")
+            add(f"0:0:{ename}")
     if not locs:
         locs.append(EMPTY_BLOCK)
     return f"{stream_name} {' '.join(locs)} {' '.join(tokens)}\n"
 
 
+def render_stream(stream_name: str, files: Iterable[tuple[str, FileSegments]], *, strip: bool = False) -> str:
+    """One normalized stream line for the files directly in a directory.
+
+    ``stream_name`` is already escaped (``.`` or ``./a/b``); ``files`` are
+    ``(decoded name, segments)`` pairs and must be sorted by name.  Returns
+    the line with its trailing newline.  Locators are listed in first-use
+    order (deduplicated by full string, or by bare ``md5+size`` with
+    ``strip``), and a file's stream-contiguous segments share one token, as
+    the Python SDK writes them (spec 2.9).
+    """
+    names: list[str] = []
+    seg_lists: list[FileSegments] = []
+    for name, segs in files:
+        names.append(name)
+        seg_lists.append(segs)
+    return _render_line(stream_name, _escape_all(names), seg_lists, strip)
+
+
+_JUST_TUPLE = {tuple}
+
+
 def _emit_dir(d: Dir, stream_name: str, out: list[str], strip: bool) -> None:
-    files = []
-    subdirs = []
-    for name in sorted(d):
-        v = d[name]
+    names = sorted(d)
+    if not names:
+        if stream_name != ".":
+            out.append(render_empty_dir(stream_name))
+        return
+    values = list(map(d.__getitem__, names))
+    if set(map(type, values)) == _JUST_TUPLE:
+        # Only files (the usual leaf directory): no need to sort out subdirs.
+        out.append(_render_line(stream_name, _escape_all(names), values, strip))
+        return
+    fnames: list[str] = []
+    fsegs: list[FileSegments] = []
+    subdirs: list[tuple[str, Dir]] = []
+    for ename, v in zip(_escape_all(names), values):
         if type(v) is tuple:
-            files.append((name, v))
+            fnames.append(ename)
+            fsegs.append(v)
         else:
-            subdirs.append((name, v))
-    if files:
-        out.append(render_stream(stream_name, files, strip=strip))
-    elif not d and stream_name != ".":
-        out.append(render_empty_dir(stream_name))
-    for name, sub in subdirs:
-        _emit_dir(sub, stream_name + "/" + escape_name(name), out, strip)
+            subdirs.append((ename, v))
+    if fnames:
+        out.append(_render_line(stream_name, fnames, fsegs, strip))
+    for ename, sub in subdirs:
+        _emit_dir(sub, f"{stream_name}/{ename}", out, strip)
 
 
 # ---------------------------------------------------------------------------
