@@ -329,6 +329,7 @@ class Session:
                     )
                     self._after_update(tree, res.record, res.applied_on_base)
                 change.committed(tree, version=tree.version)
+            self.forget_listing()
         except BaseException:
             change.rollback()
             for tree in change.trees:

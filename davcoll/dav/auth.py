@@ -101,8 +101,9 @@ class TokenAuthenticator(BaseMiddleware):
                 raise self._challenge("a token is required")
             raise self._challenge("invalid or expired token")
         if token is None:
-            principal.can_write = self.anonymous == "write"
-            if self.anonymous == "none":
+            mode = self.anonymous() if callable(self.anonymous) else self.anonymous
+            principal.can_write = mode == "write"
+            if mode == "none":
                 raise self._challenge("a token is required")
         if method in WRITE_METHODS and not principal.can_write:
             if token is None:

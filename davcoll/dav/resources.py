@@ -184,9 +184,23 @@ class _Mixin:
         self._forget_resolution()
         return True
 
+    def _check_locks(self) -> None:
+        """Refuse (423) if this resource or anything below it is locked by
+        someone whose token the request did not present.  WsgiDAV skips this
+        check when the provider deletes natively."""
+        lm = self.provider.lock_manager
+        if lm is not None:
+            lm.check_write_permission(
+                url=self._ref_key(),
+                depth="infinity",
+                token_list=self.environ.get("wsgidav.ifLockTokenList", []),
+                principal=self.environ.get("wsgidav.user_name", ""),
+            )
+
     def _delete(self) -> bool:
         prov = self.provider
         loc = self.loc
+        self._check_locks()
         try:
             if loc.is_collection_root:
                 if loc.readonly_id or loc.tree is None:
