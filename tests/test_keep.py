@@ -339,6 +339,17 @@ def test_put_permanent_failure_falls_through_to_next_service(fake):
     kc.close()
 
 
+def test_put_survives_dropped_connection(fake):
+    kc = client(fake)
+    data = b"dropped during upload" * 100
+    probe = order(fake, kc, hashlib.md5(data).hexdigest())
+    fake.faults.drop_next("keep_put", 1, service=probe[0])
+    loc = kc.put(data)
+    assert len(fake.block_locations(loc)) == 2
+    assert kc.get(loc) == data
+    kc.close()
+
+
 def test_put_error_mapping(fake):
     kc = client(fake, num_retries=1)
     fake.faults.fail_next("keep_put", 10, status=413)

@@ -214,6 +214,8 @@ class KeepClient(BlockStore):
     ) -> None:
         if api_url is None and services is None:
             raise ValueError("KeepClient needs an API URL or an explicit service list")
+        if api_url and "://" not in api_url:
+            api_url = "https://" + api_url  # ARVADOS_API_HOST style: host[:port]
         self._api_url = api_url.rstrip("/") if api_url else None
         self._token = token
         self.copies = copies
