@@ -614,8 +614,12 @@ def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, Fi
     if len(found) != line_text.count(" ", i - 1):
         return None
     stream_len = pos
-    single = len(locs) == 1
-    loc0 = locs[0]
+    # The block holding the previous token's start.  Tokens usually advance
+    # through the stream, so this is nearly always still (or again) right
+    # and the bisect is skipped.
+    bstart = 0
+    bend = ends[0]
+    bloc = locs[0]
 
     entries: list[tuple[str, FileSegments]] = []
     append = entries.append
@@ -642,14 +646,16 @@ def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, Fi
             return None
         if not ln:
             append((name, ()))
-        elif single:
-            append((name, ((loc0, p, ln),)))
-        else:
+            continue
+        if not bstart <= p < bend:
             k = bisect_right(starts, p) - 1
-            if end <= ends[k]:  # inside one block: inline the common case
-                append((name, ((locs[k], p - starts[k], ln),)))
-            else:
-                append((name, _segments_for(p, end, starts, ends, locs)))
+            bstart = starts[k]
+            bend = ends[k]
+            bloc = locs[k]
+        if end <= bend:  # inside one block: the common case, inlined
+            append((name, ((bloc, p - bstart, ln),)))
+        else:
+            append((name, _segments_for(p, end, starts, ends, locs)))
     return dir_path, entries, subpaths
 
 
