@@ -77,3 +77,94 @@ class LocalBackend(Backend):
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ArvadosBackend(Backend):
+    """Collections and blocks on an Arvados cluster, per caller token.
+
+    Each token gets its own catalog client and Keep client (locators are
+    signed per token); all of them share one connection pool per service
+    kind and one byte-bounded block cache.  Token checks (``users/current``)
+    are cached briefly so every request does not cost an API round trip.
+    Dead WebDAV properties live in a local SQLite file in the data
+    directory (per instance).
+    """
+
+    trusted_normalized = False  # the controller writes the Go layout
+    shared_trees = False  # trees hold per-token signatures
+    max_tree_age = 3600.0  # reload before signatures (2 weeks) get near expiry
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        insecure: bool = False,
+        anonymous_token: str | None = None,
+        block_cache_bytes: int = 256 << 20,
+        data_dir: str | Path = "./davcoll-data",
+        keep_services: str | None = None,
+        client_options: dict | None = None,
+        keep_options: dict | None = None,
+        principal_ttl: float = 60.0,
+    ) -> None:
+        from .storage.arvados_api import ArvadosClient
+        from .storage.keep import KeepClient
+
+        self.api_url = api_url
+        self._client = ArvadosClient(api_url, "", verify_tls=not insecure, **(client_options or {}))
+        self._keep = KeepClient(api_url, "", services=keep_services, verify_tls=not insecure, **(keep_options or {}))
+        self._anonymous_token = anonymous_token
+        self.cache = BlockCache(self._keep, block_cache_bytes)
+        data = Path(data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.props = LocalPropertyStore(data / "dead-props.sqlite3")
+        self.principal_ttl = principal_ttl
+        # _lock guards _principals (token digest -> (expires, principal|None)).
+        self._lock = threading.Lock()
+        self._principals: dict[str, tuple[float, Principal | None]] = {}
+
+    def _catalog_for(self, token: str):
+        from .storage.arvados_api import ArvadosCatalog
+
+        return ArvadosCatalog(self._client.for_token(token))
+
+    def authenticate(self, token: str | None) -> Principal | None:
+        from .storage.catalog import PermissionDenied, Unauthorized
+
+        anonymous = token is None
+        if anonymous:
+            if not self._anonymous_token:
+                return None
+            token = self._anonymous_token
+        key = token_digest(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._principals.get(key)
+        if hit is not None and hit[0] > now:
+            p = hit[1]
+            return Principal(p.user_id, p.token, can_write=not anonymous, label=p.label) if p else None
+        try:
+            user = self._catalog_for(token).current_user()
+            principal: Principal | None = Principal(user["uuid"], token, can_write=not anonymous, label=user.get("username", ""))
+            ttl = self.principal_ttl
+        except (Unauthorized, PermissionDenied):
+            principal, ttl = None, 5.0  # remember refusals briefly (no hammering)
+        with self._lock:
+            self._principals[key] = (now + ttl, principal)
+            if len(self._principals) > 10000:
+                self._principals = {k: v for k, v in self._principals.items() if v[0] > now}
+        return principal
+
+    def catalog(self, principal: Principal) -> Catalog:
+        return self._catalog_for(principal.token)
+
+    def block_store(self, principal: Principal) -> BlockStore:
+        return self.cache.view(self._keep.for_token(principal.token))
+
+    def cache_stats(self) -> dict[str, int]:
+        return self.cache.stats()
+
+    def close(self) -> None:
+        self.props.close()
+        self._keep.close()
+        self._client.close()

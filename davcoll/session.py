@@ -57,6 +57,9 @@ class Backend(abc.ABC):
     trusted_normalized = False
     #: Whether trees may be shared by every caller (single-tenant catalog).
     shared_trees = False
+    #: Reload a cached tree after this many seconds even if unchanged (None:
+    #: never).  Arvados trees carry block signatures that eventually expire.
+    max_tree_age: float | None = None
 
     @abc.abstractmethod
     def authenticate(self, token: str | None) -> Principal | None:
@@ -229,6 +232,9 @@ class Session:
         cached = self.manager.trees.get(key)
         pdh = is_portable_data_hash(ident)
         now = time.monotonic()
+        max_age = self.manager.backend.max_tree_age
+        if cached is not None and max_age is not None and time.monotonic() - cached[0].loaded_at > max_age:
+            cached = None  # refetch: fresh block signatures
         if cached is not None:
             tree, validated = cached
             if pdh:

@@ -53,11 +53,12 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: str | Path, *, backend: Any = None, **overrides: Any) -> Iterator[Running]:
+def running_server(data_dir: str | Path, *, backend_impl: Any = None, **overrides: Any) -> Iterator[Running]:
+    """Serve davcoll in-process; ``backend_impl`` replaces the configured backend."""
     overrides.setdefault("anonymous", "write")
     port = free_port()
     cfg = load_config(None, data_dir=str(data_dir), listen=f"127.0.0.1:{port}", **overrides)
-    app = build_app(cfg, backend=backend)
+    app = build_app(cfg, backend=backend_impl)
     server = make_server(app, "127.0.0.1", port, threads=32, timeout=30)
     server.prepare()
     t = threading.Thread(target=server.serve, daemon=True)

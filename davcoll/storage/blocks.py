@@ -34,6 +34,7 @@ __all__ = [
     "BlockTooLarge",
     "BlockStore",
     "BlockCache",
+    "CacheView",
     "MAX_BLOCK_SIZE",
     "EMPTY_BLOCK",
     "bare_locator",
@@ -173,6 +174,18 @@ class BlockCache(BlockStore):
 
     def get(self, locator: str) -> bytes:
         """The block from the cache, or fetched once however many ask."""
+        return self._get_via(self.store, locator)
+
+    def view(self, store: BlockStore) -> "CacheView":
+        """This cache in front of another store (same entries, same budget).
+
+        On Arvados each caller has its own Keep client (locators are signed
+        per token) but one byte budget must cover every caller's cached
+        blocks, so callers get views of one cache.
+        """
+        return CacheView(self, store)
+
+    def _get_via(self, store: BlockStore, locator: str) -> bytes:
         key = bare_locator(locator)
         if key == EMPTY_BLOCK:
             return b""
@@ -191,11 +204,14 @@ class BlockCache(BlockStore):
                 leader = True
         # Outside the lock from here on: fetching (or waiting) may be slow.
         if leader:
-            return self._fetch(key, locator, fetch)
+            return self._fetch(key, locator, fetch, store)
         return fetch.result()
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
-        """Store through the wrapped store; keep small blocks for read-back.
+        return self._put_via(self.store, data)
+
+    def _put_via(self, store: BlockStore, data: bytes | bytearray | memoryview) -> str:
+        """Store through ``store``; keep small blocks for read-back.
 
         Small data is copied to immutable ``bytes`` first and that copy is
         both stored and cached, so a caller reusing its buffer afterwards
@@ -203,9 +219,9 @@ class BlockCache(BlockStore):
         """
         view = memoryview(data)
         if view.nbytes > self.PUT_CACHE_LIMIT:
-            return self.store.put(data)
+            return store.put(data)
         frozen = data if isinstance(data, bytes) else view.tobytes()
-        locator = self.store.put(frozen)
+        locator = store.put(frozen)
         with self._lock:
             self._insert(bare_locator(locator), frozen)
         return locator
@@ -217,6 +233,9 @@ class BlockCache(BlockStore):
 
     def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Slices of a cached block, or the wrapped store's stream (uncached)."""
+        return self._read_chunks_via(self.store, locator, chunk_size)
+
+    def _read_chunks_via(self, store: BlockStore, locator: str, chunk_size: int) -> Iterator[bytes]:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         key = bare_locator(locator)
@@ -226,7 +245,7 @@ class BlockCache(BlockStore):
                 self._misses += 1
                 self._streamed += 1
         if data is None:
-            return self.store.read_chunks(locator, chunk_size)
+            return store.read_chunks(locator, chunk_size)
         return _slices(data, chunk_size)
 
     def close(self) -> None:
@@ -273,7 +292,7 @@ class BlockCache(BlockStore):
 
     # -- internals -----------------------------------------------------------
 
-    def _fetch(self, key: str, locator: str, fetch: _Fetch) -> bytes:
+    def _fetch(self, key: str, locator: str, fetch: _Fetch, store: BlockStore) -> bytes:
         """Run the wrapped ``get`` for every reader waiting on ``fetch``.
 
         The outcome is published to joiners in all cases — including
@@ -281,7 +300,7 @@ class BlockCache(BlockStore):
         failure — so nobody waits forever on an abandoned fetch.
         """
         try:
-            data = self.store.get(locator)
+            data = store.get(locator)
         except Exception as exc:
             self._finish(key, fetch, None, exc)
             raise
@@ -324,6 +343,29 @@ class BlockCache(BlockStore):
             self._evictions += 1
         self._entries[key] = data
         self._bytes += size
+
+
+class CacheView(BlockStore):
+    """A shared ``BlockCache`` in front of one caller's store (see ``view``)."""
+
+    def __init__(self, cache: BlockCache, store: BlockStore) -> None:
+        self.cache = cache
+        self.store = store
+
+    def get(self, locator: str) -> bytes:
+        return self.cache._get_via(self.store, locator)
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        return self.cache._put_via(self.store, data)
+
+    def exists(self, locator: str) -> bool:
+        return self.store.exists(locator)
+
+    def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return self.cache._read_chunks_via(self.store, locator, chunk_size)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def _slices(data: bytes, chunk_size: int) -> Iterator[bytes]:
