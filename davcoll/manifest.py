@@ -593,10 +593,12 @@ def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, Fi
     while True:
         j = line_text.find(" ", i)
         if j < 0:
-            return None  # no file tokens, or a locator-ish last token
+            j = len(line_text)
         m = match(line_text, i, j)
         if m is None:
             break
+        if j == len(line_text):
+            return None  # no file tokens: let the checked path say so
         size_digits = m.group(2)
         if len(size_digits) > 8:
             return None

@@ -598,6 +598,24 @@ def test_fuzz_mutations() -> None:
     assert accepted > 300  # the fuzzer must exercise the success path too
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        f". {FOO} 0:3:f",
+        f". {EMPTY_BLOCK} 0:0:e",
+        f"./d {EMPTY_BLOCK} 0:0:\\056",
+        f"./d {EMPTY_BLOCK} 0:0:.",
+        f". {FOO}+A{SIG}@7fffffff+K@zzzzz {BAR}+Z 2:2:a\\040b 0:0:c 00:01:d/e",
+        f"./a\\040b/\\303\\251 {FOO} 0:3:x\\057y\\072z",
+        f". {FOO} {EMPTY_BLOCK} {BAR} 0:6:f",
+    ],
+)
+def test_fast_path_takes_ordinary_lines(line: str) -> None:
+    # Valid lines must not fall back to the slow checked parser.
+    fast = M._parse_line_fast(line, 1)
+    assert fast is not None and fast == M._parse_line_checked(line, 1)
+
+
 def test_fast_and_checked_agree_on_synth() -> None:
     text = _load_synth().synth_manifest(30, 40, 7, signed=True)
     for n, line in enumerate(text.split("\n")[:-1], 1):
