@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..manifest import (
+    bare_locator,
     Dir,
     ManifestError,
     escape_name,
@@ -1008,6 +1009,22 @@ class LocalCatalog(Catalog):
                 raise BadRequest(f"replace_files: nonexistent source {source_name(op)!r} for {op.target!r}")
             writer.place(path, source, op.target)
         writer.finish()
+
+    def referenced_blocks(self) -> set[str]:
+        """Bare locators used by any version of any collection (trashed too).
+
+        For garbage collection: a block outside this set is not needed to
+        read any stored version.  Locators are read from each stored stream
+        line's locator list, never by parsing file tokens.
+        """
+        out: set[str] = set()
+        with self._read() as conn:
+            for (line,) in conn.execute("SELECT line FROM dirs WHERE line != ''"):
+                for tok in line.split(" ")[1:]:
+                    if ":" in tok:
+                        break
+                    out.add(bare_locator(tok))
+        return out
 
     def trash(self, uuid: str) -> None:
         """Hide the collection (and free its name); its rows are kept."""
