@@ -156,6 +156,7 @@ def is_locator(text: str) -> bool:
 
 
 def is_portable_data_hash(text: str) -> bool:
+    """True if ``text`` has the shape of a PDH (``md5+size``, no hints)."""
     return _PDH_RE.fullmatch(text) is not None
 
 
@@ -182,7 +183,7 @@ class Locator:
     @classmethod
     def parse(cls, text: str) -> "Locator":
         m = _LOCATOR_RE.fullmatch(text)
-        if m is None:
+        if m is None or len(m.group(2)) > _MAX_DIGITS:
             raise ManifestError(f"invalid locator {text!r}")
         hints = tuple(h for h in m.group(3).split("+") if h)
         return cls(m.group(1), int(m.group(2)), hints)
@@ -191,6 +192,7 @@ class Locator:
         return "+".join((self.md5, str(self.size)) + self.hints)
 
     def bare(self) -> str:
+        """``md5+size``: the block's identity, whatever its hints."""
         return f"{self.md5}+{self.size}"
 
     @property
@@ -213,11 +215,16 @@ class Locator:
         return int(h[42:], 16) if h else None
 
     def with_permission(self, signature: str, expiry: int) -> "Locator":
-        """A copy whose permission hint is replaced (signers append it last)."""
-        hints = tuple(h for h in self.hints if not _PERMISSION_RE.fullmatch(h))
+        """A copy whose permission hint is replaced (signers append it last).
+
+        Every existing ``A`` hint goes, well-formed or not, so the result
+        never carries two signatures.
+        """
+        hints = tuple(h for h in self.hints if not h.startswith("A"))
         return Locator(self.md5, self.size, hints + (f"A{signature}@{expiry:08x}",))
 
     def without_permission(self) -> "Locator":
+        """A copy without any ``A`` (permission) hint; other hints stay."""
         return Locator(self.md5, self.size, tuple(h for h in self.hints if not h.startswith("A")))
 
 
@@ -303,6 +310,17 @@ class Manifest:
         _emit_dir(self.root, ".", out, strip)
         return "".join(out)
 
+    def portable_data_hash(self) -> str:
+        """The PDH the Python SDK reports for this tree.
+
+        That is the hash of the *stripped normalized* text, where a block
+        that appears under two different signatures is listed once.  It can
+        differ from ``portable_data_hash(self.to_text())`` -- the server's
+        rule applied to the signed text, which lists such a block twice
+        (spec 2.3, 2.9, 3).  Both agree whenever each block has one spelling.
+        """
+        return portable_data_hash(self.to_text(strip=True))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Manifest) and self.root == other.root
 
@@ -315,6 +333,11 @@ class Manifest:
 
 
 def render_empty_dir(stream_name: str) -> str:
+    """The marker line for an empty directory (``stream_name`` already escaped).
+
+    Writers use ``\\056`` rather than a raw ``.``: older validators only
+    accepted the escaped spelling (spec 2.7).
+    """
     return f"{stream_name} {EMPTY_BLOCK} 0:0:{EMPTY_DIR_MARKER}\n"
 
 

@@ -294,8 +294,9 @@ def test_locator_parse_and_format() -> None:
     assert stripped.expiry is None and stripped.signature is None
     resigned = stripped.with_permission("f" * 40, 0x12345678)
     assert str(resigned) == f"{FOO}+K@zzzzz+Zfoo+A{'f' * 40}@12345678"
-    # Re-signing replaces, never duplicates.
+    # Re-signing replaces, never duplicates (even a malformed "+A" hint).
     assert str(loc.with_permission("f" * 40, 1)).count("+A") == 1
+    assert str(Locator.parse(f"{FOO}+Abad").with_permission("f" * 40, 1)) == f"{FOO}+A{'f' * 40}@00000001"
 
 
 def test_locator_bare_and_size() -> None:
@@ -320,7 +321,7 @@ def test_locator_validation() -> None:
     assert is_portable_data_hash("1f4b0bc7583c2a7f9102c395f4ffc5e3+45")
     assert not is_portable_data_hash(f"{FOO}+Zx")
     assert not is_portable_data_hash("zzzzz-4zz18-0123456789abcde")
-    for bad in [FOO[:32], FOO.upper(), "", "x", f"{FOO}+"]:
+    for bad in [FOO[:32], FOO.upper(), "", "x", f"{FOO}+", f"{FOO[:33]}{'9' * 5000}"]:
         with pytest.raises(ManifestError):
             Locator.parse(bad)
 
@@ -367,6 +368,10 @@ def test_two_signatures_same_block() -> None:
     m = parse_manifest(f". {a1} {a2} 0:3:x 3:3:y\n")
     assert m.to_text() == f". {a1} {a2} 0:3:x 3:3:y\n"
     assert m.to_text(strip=True) == f". {FOO} 0:3:x 0:3:y\n"
+    # The SDK's PDH (over the deduplicated stripped text) differs from the
+    # server's rule applied to the signed normalized text.
+    assert m.portable_data_hash() == portable_data_hash(f". {FOO} 0:3:x 0:3:y\n")
+    assert portable_data_hash(m.to_text()) == portable_data_hash(f". {FOO} {FOO} 0:3:x 3:3:y\n")
 
 
 # ---------------------------------------------------------------------------

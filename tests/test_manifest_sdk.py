@@ -72,7 +72,8 @@ def _ours(text: str) -> tuple[str, str, str]:
     m = parse_manifest(text)
     portable = m.to_text(strip=True)
     # The SDK's PDH is over its portable (stripped, normalized) text.
-    return m.to_text(), portable, portable_data_hash(portable)
+    assert m.portable_data_hash() == portable_data_hash(portable)
+    return m.to_text(), portable, m.portable_data_hash()
 
 
 def test_sdk_version() -> None:
