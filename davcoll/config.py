@@ -89,6 +89,8 @@ def load_config(path: str | None = None, **overrides: Any) -> Config:
                 continue
             for key, value in values.items():
                 _set(cfg, _ALIASES.get((section, key), key), value, names)
+    if os.environ.get("DAVCOLL_DATA_DIR") and overrides.get("data_dir") is None:
+        cfg.data_dir = os.environ["DAVCOLL_DATA_DIR"]
     env_token = os.environ.get("ARVADOS_ANONYMOUS_TOKEN")
     if env_token and not cfg.arvados_anonymous_token:
         cfg.arvados_anonymous_token = env_token
