@@ -148,6 +148,7 @@ _LOCATOR_RE = re.compile(r"([0-9a-f]{32})\+([0-9]+)((?:\+[A-Z][-A-Za-z0-9@_]*)*)
 _LOOSE_LOCATOR_RE = re.compile(r"[0-9a-fA-F]{32}(\+[0-9]+)?(\+[A-Z][-A-Za-z0-9@_]*)*")
 _PDH_RE = re.compile(r"[0-9a-f]{32}\+[0-9]+")
 _PERMISSION_RE = re.compile(r"A([0-9a-f]{40})@([0-9a-f]{8})")
+_MAX_DIGITS = 20  # a longer decimal cannot be a valid size or position
 
 
 def is_locator(text: str) -> bool:
@@ -463,7 +464,6 @@ _FILE_TOKEN_RE = re.compile(r" ([0-9]{1,18}):([0-9]{1,18}):([^ ]+)")
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
 _BAD_ESCAPE_RE = re.compile(r"\\(?![0-3][0-7][0-7])")
 _DOT_NAMES = frozenset((".", ".."))
-_MAX_DIGITS = 20  # beyond this a decimal cannot be a valid size or position
 
 
 def _check_path_components(parts: list[str], what: str, raw: str, line: int) -> None:
@@ -490,9 +490,14 @@ def _decode_stream_name(token: str, line: int) -> str:
 
 
 def _decimal(digits: str, what: str, tok: str, line: int) -> int:
-    """``int(digits)`` without Python's 4300-digit ValueError on absurd input."""
-    if len(digits) > _MAX_DIGITS and len(digits.lstrip("0")) > _MAX_DIGITS:
-        raise ManifestError(f"{what} out of range in {tok!r}", line)
+    """``int(digits)`` without Python's 4300-digit ValueError on absurd input.
+
+    Leading zeros are tolerated (spec 2.4), however many there are.
+    """
+    if len(digits) > _MAX_DIGITS:
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > _MAX_DIGITS:
+            raise ManifestError(f"{what} out of range in {tok!r}", line)
     return int(digits)
 
 

@@ -436,6 +436,7 @@ def test_parse_stream_api() -> None:
         (f". {FOO} 00:0:.\n", "file token"),  # only exactly 0:0:. is a marker
         (f". {FOO} 0:{'9' * 5000}:f\n", "out of range"),  # no ValueError from int()
         (f". {'0' * 32}+{'9' * 5000} 0:1:f\n", "out of range"),
+        (f". {FOO} 0:{'0' * 5000}4:f\n", "past the end"),  # zeros are fine, the value is not
         (f". {FOO} 0:3:f\n./f {FOO} 0:3:g\n", "clashes"),
         (f"./f {FOO} 0:3:g\n. {FOO} 0:3:f\n", "clashes"),
         (f". {FOO} 0:3:d/f 0:3:d\n", "clashes"),
@@ -465,6 +466,12 @@ def test_error_line_numbers() -> None:
     with pytest.raises(ManifestError) as ei:
         parse_manifest(good.encode() + b"./q " + FOO.encode() + b" 0:3:\xff\n")
     assert ei.value.line == 3 and "UTF-8" in str(ei.value)
+
+
+def test_many_leading_zeros_are_tolerated() -> None:
+    # Spec 2.4: leading zeros tolerated, however long the spelling.
+    m = parse_manifest(f". {FOO} {'0' * 5000}1:{'0' * 30}2:f\n")
+    assert m.get("f") == ((FOO, 1, 2),)
 
 
 def test_markers() -> None:
