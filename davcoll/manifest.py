@@ -853,13 +853,19 @@ def normalize_manifest(text: str | bytes) -> str:
 # ---------------------------------------------------------------------------
 # PDH (spec 3)
 
-# The hints of a locator token.  The match starts at the "+" after the md5
-# (so the regex engine can scan for a literal "+" instead of trying every
-# position) and the lookbehind then checks that a space and 32 hex digits
-# precede it: only a locator token looks like that, since stream names start
-# with "." and file tokens with "digits:".  Upper-case hex is matched too:
-# the server tolerates it and hashes its text the same way.
-_HINTS_RE = re.compile(r"\+(?<= [0-9a-fA-F]{32}\+)([0-9]+)(?:\+[A-Z][-A-Za-z0-9@_]*)+(?=[ \n])")
+# The hints of a locator token, matched so they can be replaced by "" (a
+# literal replacement keeps re.sub entirely in C; a group reference would
+# cost a Python call per match).  The match starts at the "+" before the
+# first hint -- a literal the regex engine scans for quickly -- and one of
+# the lookbehinds then checks that " <32 hex>+<size>+" precedes it (Python
+# needs fixed-width lookbehinds, hence one per size length).  Only a locator
+# token looks like that: stream names start with "." and file tokens with
+# "digits:".  Upper-case hex is matched too: the server tolerates it and
+# strips such locators the same way.
+_SIZE_CONTEXT = "|".join(rf"(?<= [0-9a-fA-F]{{32}}\+[0-9]{{{n}}}\+)" for n in range(1, _MAX_DIGITS + 1))
+_HINTS_RE = re.compile(
+    rf"\+(?=[A-Z])(?:{_SIZE_CONTEXT})[A-Z][-A-Za-z0-9@_]*(?:\+[A-Z][-A-Za-z0-9@_]*)*(?=[ \n])"
+)
 _HINT_START_RE = re.compile(r"\+[A-Z]")
 
 
@@ -867,7 +873,7 @@ def strip_manifest(text: str) -> str:
     """The text with every locator reduced to ``md5+size`` (nothing else changes)."""
     if _HINT_START_RE.search(text) is None:
         return text  # nothing to strip: skip building a copy
-    return _HINTS_RE.sub(r"+\1", text)
+    return _HINTS_RE.sub("", text)
 
 
 def portable_data_hash(text: str | bytes) -> str:
