@@ -40,6 +40,7 @@ import re
 import threading
 from bisect import bisect_right
 from contextlib import contextmanager
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
 
@@ -464,6 +465,10 @@ _FILE_TOKEN_RE = re.compile(r" ([0-9]{1,18}):([0-9]{1,18}):([^ ]+)")
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
 _BAD_ESCAPE_RE = re.compile(r"\\(?![0-3][0-7][0-7])")
 _DOT_NAMES = frozenset((".", ".."))
+# The run of locators after a stream name, each with its leading space.
+# Sizes are capped at 8 digits (64 MiB has 8); longer spellings take the
+# checked path.
+_LOCATOR_RUN_RE = re.compile(r"(?: [0-9a-f]{32}\+[0-9]{1,8}(?:\+[A-Z][-A-Za-z0-9@_]*)*)+(?= )")
 
 
 def _check_path_components(parts: list[str], what: str, raw: str, line: int) -> None:
@@ -612,34 +617,20 @@ def _parse_line_fast(line_text: str, line: int) -> tuple[str, list[tuple[str, Fi
     stok = line_text[:sp]
     dir_path = "" if stok == "." else _decode_stream_name(stok, line)
 
-    starts: list[int] = []
-    ends: list[int] = []
-    locs: list[str] = []
-    pos = 0
-    i = sp + 1
-    match = _LOCATOR_RE.fullmatch
-    while True:
-        j = line_text.find(" ", i)
-        if j < 0:
-            j = len(line_text)
-        m = match(line_text, i, j)
-        if m is None:
-            break
-        if j == len(line_text):
-            return None  # no file tokens: let the checked path say so
-        size_digits = m.group(2)
-        if len(size_digits) > 8:
-            return None
-        size = int(size_digits)
-        if size > MAX_BLOCK_SIZE:
-            return None
-        starts.append(pos)
-        locs.append(m.group(0))
-        pos += size
-        ends.append(pos)
-        i = j + 1
-    if not locs:
+    # All locators in one regex match; it must be followed by a space, i.e.
+    # by at least one more token (a file token, checked below).
+    m = _LOCATOR_RUN_RE.match(line_text, sp)
+    if m is None:
         return None
+    i = m.end() + 1  # start of the first file token
+    locs = line_text[sp + 1 : i - 1].split(" ")
+    sizes = [int(loc[33:] if (h := loc.find("+", 33)) < 0 else loc[33:h]) for loc in locs]
+    if max(sizes) > MAX_BLOCK_SIZE:
+        return None
+    ends = list(accumulate(sizes))
+    starts = [0]
+    starts += ends[:-1]
+    pos = ends[-1]
     found = _FILE_TOKEN_RE.findall(line_text, i - 1)
     if len(found) != line_text.count(" ", i - 1):
         return None
