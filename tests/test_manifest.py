@@ -13,7 +13,6 @@ import importlib.util
 import random
 import re
 import time
-from pathlib import Path
 
 import pytest
 
