@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections import OrderedDict
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..manifest import EMPTY_BLOCK, MAX_BLOCK_SIZE, bare_locator
 
@@ -33,6 +33,8 @@ __all__ = [
     "BlockStoreUnavailable",
     "BlockTooLarge",
     "BlockStore",
+    "BlockWriter",
+    "BufferedBlockWriter",
     "BlockCache",
     "CacheView",
     "MAX_BLOCK_SIZE",
@@ -65,8 +67,65 @@ class BlockTooLarge(BlockStoreError):
     """A put of more than 64 MiB."""
 
 
+class BlockWriter(abc.ABC):
+    """Takes one block's bytes incrementally; ``finish`` stores it.
+
+    ``on_released(n)`` (if given) is called as bytes stop occupying memory,
+    so a caller can account buffered bytes against a budget.
+    """
+
+    size = 0
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes (must be immutable: ``bytes`` or a view of ``bytes``)."""
+
+    @abc.abstractmethod
+    def finish(self) -> str:
+        """Store the block; return its locator."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written so far."""
+
+
+class BufferedBlockWriter(BlockWriter):
+    """Collects the block in memory, then ``put``s it (Keep needs the md5 in
+    the URL before the body, so it cannot stream)."""
+
+    def __init__(self, store: "BlockStore", on_released: Callable[[int], None] | None = None) -> None:
+        self._store = store
+        self._buf = bytearray()
+        self._on_released = on_released
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.size + len(data) > MAX_BLOCK_SIZE:
+            raise BlockTooLarge("block would exceed 64 MiB")
+        self._buf += data
+        self.size += len(data)
+
+    def finish(self) -> str:
+        try:
+            return self._store.put(self._buf)
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        n, self._buf = len(self._buf), bytearray()
+        if self._on_released is not None and n:
+            self._on_released(n)
+
+
 class BlockStore(abc.ABC):
     """Content-addressed block storage."""
+
+    def open_writer(self, on_released: Callable[[int], None] | None = None) -> BlockWriter:
+        """A writer for one new block (streaming where the store allows)."""
+        return BufferedBlockWriter(self, on_released)
 
     @abc.abstractmethod
     def put(self, data: bytes | bytearray | memoryview) -> str:
@@ -226,6 +285,10 @@ class BlockCache(BlockStore):
             self._insert(bare_locator(locator), frozen)
         return locator
 
+    def open_writer(self, on_released: Callable[[int], None] | None = None) -> BlockWriter:
+        """The wrapped store's writer (large blocks are not cached on write)."""
+        return self.store.open_writer(on_released)
+
     def exists(self, locator: str) -> bool:
         """Always asks the wrapped store: a cached block may since have been
         garbage-collected there, and ``exists`` is how callers find out."""
@@ -360,6 +423,9 @@ class CacheView(BlockStore):
 
     def exists(self, locator: str) -> bool:
         return self.store.exists(locator)
+
+    def open_writer(self, on_released: Callable[[int], None] | None = None) -> BlockWriter:
+        return self.store.open_writer(on_released)
 
     def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         return self.cache._read_chunks_via(self.store, locator, chunk_size)

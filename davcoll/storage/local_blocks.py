@@ -32,10 +32,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import secrets
+import threading
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from ..manifest import is_locator, locator_size
 from .blocks import (
@@ -46,10 +48,11 @@ from .blocks import (
     BlockStore,
     BlockStoreUnavailable,
     BlockTooLarge,
+    BlockWriter,
     bare_locator,
 )
 
-__all__ = ["LocalBlockStore"]
+__all__ = ["LocalBlockStore", "LocalBlockWriter"]
 
 #: Bytes compared per step when checking an existing copy on a duplicate put.
 _COMPARE_CHUNK = 4 << 20
@@ -95,6 +98,10 @@ class LocalBlockStore(BlockStore):
         return self.blocks_dir / key[:2] / key
 
     # -- BlockStore API ----------------------------------------------------
+
+    def open_writer(self, on_released: Callable[[int], None] | None = None) -> "LocalBlockWriter":
+        """Stream a block to disk while it arrives (see LocalBlockWriter)."""
+        return LocalBlockWriter(self, on_released)
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
         """Hash, then write unless an identical copy is already stored."""
@@ -461,3 +468,109 @@ def _silent_unlink(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+class LocalBlockWriter(BlockWriter):
+    """Writes one block to a temporary file while hashing it, in a helper
+    thread, then renames it to its locator.
+
+    Why: an upload then never holds a 64 MiB block in memory (only a short
+    queue of chunks), and hashing plus writing overlap with receiving the
+    next chunks, since hashlib and file writes release the GIL.  The temp
+    file lives in ``blocks/tmp`` (swept by ``remove_stale_temps``) because its
+    final directory is only known once the md5 is.
+    """
+
+    QUEUE_CHUNKS = 8
+
+    def __init__(self, store: LocalBlockStore, on_released: Callable[[int], None] | None = None) -> None:
+        self._store = store
+        self._on_released = on_released
+        self.size = 0
+        self._md5 = _md5()
+        self._error: OSError | None = None
+        self._queue: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
+        tmp_dir = store.blocks_dir / "tmp"
+        store._ensure_dir(tmp_dir)
+        self._tmp = tmp_dir / f".tmp-stream-{secrets.token_hex(8)}"
+        try:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as err:
+            raise _unavailable("cannot start a block", err) from err
+        self._thread = threading.Thread(target=self._drain, name="davcoll-blockwriter", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            n = len(item)
+            if self._error is None:
+                try:
+                    self._md5.update(item)
+                    _write_all(self._fd, memoryview(item).cast("B"))
+                except OSError as err:
+                    self._error = err
+            if self._on_released is not None:
+                self._on_released(n)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            raise ValueError("block writer is closed")
+        if self._error is not None:
+            raise _unavailable("cannot write block", self._error)
+        n = len(data)
+        if self.size + n > MAX_BLOCK_SIZE:
+            raise BlockTooLarge("block would exceed 64 MiB")
+        if isinstance(data, memoryview) and not isinstance(data.obj, bytes):
+            data = bytes(data)
+        elif isinstance(data, bytearray):
+            data = bytes(data)
+        self.size += n
+        self._queue.put(data)
+
+    def _stop(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def finish(self) -> str:
+        self._stop()
+        try:
+            if self._error is not None:
+                raise _unavailable("cannot write block", self._error)
+            key = f"{self._md5.hexdigest()}+{self.size}"
+            if self._store.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            if key == EMPTY_BLOCK:
+                _silent_unlink(self._tmp)
+                return key
+            path = self._store.path_for(key)
+            self._store._ensure_dir(path.parent)
+            os.replace(self._tmp, path)  # an identical copy may exist: same bytes
+        except OSError as err:
+            self._cleanup()
+            raise _unavailable("cannot store block", err) from err
+        except BaseException:
+            self._cleanup()
+            raise
+        self._store._sync_dir(path.parent, key)
+        return key
+
+    def abort(self) -> None:
+        self._stop()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        _silent_unlink(self._tmp)
