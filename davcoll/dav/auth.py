@@ -54,12 +54,17 @@ def extract_token(environ: dict) -> str | None:
             return rest
         if scheme == "basic":
             try:
-                decoded = base64.b64decode(rest, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError, UnicodeDecodeError):
+                raw = base64.b64decode(rest, validate=True)
+            except (binascii.Error, ValueError):
                 raise BadCredentials("malformed Basic credentials") from None
-            if ":" not in decoded:
+            if b":" not in raw:
                 raise BadCredentials("malformed Basic credentials")
-            password = decoded.split(":", 1)[1]
+            # The user name is ignored, so its charset (clients send UTF-8
+            # or Latin-1) must not matter; only the password is decoded.
+            try:
+                password = raw.split(b":", 1)[1].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadCredentials("malformed Basic credentials") from None
             if not password:
                 raise BadCredentials("empty password (use the token as password)")
             return password

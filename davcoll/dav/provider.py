@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote
 
-from wsgidav.dav_error import DAVError
+from wsgidav import util
+from wsgidav.dav_error import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_MODIFIED, DAVError
 from wsgidav.dav_provider import DAVProvider
 
 from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
@@ -38,6 +39,8 @@ _UUID_RE = re.compile(r"[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}")
 _PDH_DASH_RE = re.compile(r"([0-9a-f]{32})[- ]([0-9]+)")
 
 RESERVED_TOP = {"by_id", "_health", "_metrics", "_"}
+# Methods that change a resource (COPY is absent: a snapshot may be its source).
+SNAPSHOT_REFUSED = frozenset({"PUT", "DELETE", "MKCOL", "MOVE", "PROPPATCH", "LOCK", "UNLOCK", "POST"})
 
 
 def normalize_ident(ident: str) -> str | None:
@@ -166,7 +169,13 @@ class CollectionProvider(DAVProvider):
             rest = parts[1:]
             top = False
         else:
-            rec = self.session(environ).find_collection(head)
+            sess = self.session(environ)
+            rec = sess.find_collection(head)
+            if rec is None and not self.junk.is_junk(head):
+                # The listing is memoized briefly; a miss re-reads it once so
+                # a collection created elsewhere (another process, the API)
+                # is found at once instead of 404/409 for a second.
+                rec = sess.find_collection(head, fresh=True)
             if rec is None and len(parts) == 1:
                 return Location(kind="coll", name=head, is_top_level=True)
             if rec is None:
@@ -195,6 +204,8 @@ class CollectionProvider(DAVProvider):
         return loc
 
     def get_resource_inst(self, path: str, environ: dict):
+        if path is None:  # WsgiDAV asks for the parent of "/" (DELETE /)
+            return None
         cache = environ.setdefault("davcoll.res_cache", {})
         if path in cache:
             return cache[path]
@@ -251,8 +262,48 @@ class CollectionProvider(DAVProvider):
         path = parent_path.rstrip("/") + "/" + rec.name
         return DirResource(path, environ, loc, Stat(True, 0, parse_time(rec.modified_at), None))
 
+    def is_snapshot_path(self, path: str) -> bool:
+        """Whether a path addresses a collection by PDH (a read-only snapshot)."""
+        parts = [p for p in path.split("/") if p]
+        if parts and parts[0].startswith("t="):
+            parts = parts[1:]
+        if len(parts) >= 2 and parts[0] == "by_id":
+            ident = normalize_ident(parts[1])
+        elif parts and parts[0].startswith("c="):
+            ident = normalize_ident(parts[0][2:])
+        else:
+            return False
+        return ident is not None and is_portable_data_hash(ident)
+
     def custom_request_handler(self, environ, start_response, default_handler):
+        # Every write method on a snapshot is refused the same way (LOCK and
+        # PROPPATCH would otherwise reach the lock and property managers).
+        if environ.get("REQUEST_METHOD") in SNAPSHOT_REFUSED and self.is_snapshot_path(environ.get("PATH_INFO", "")):
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot (PDH) is read-only")
+        self._check_if_modified_since(environ)
         return default_handler(environ, start_response)
+
+    def _check_if_modified_since(self, environ: dict) -> None:
+        """304 when Last-Modified equals If-Modified-Since (RFC 7232 3.3).
+
+        WsgiDAV only answers 304 when the date is strictly later, so the
+        usual revalidation (the client echoes Last-Modified) got a 200.
+        Only the plain case is handled here; with other conditionals WsgiDAV
+        evaluates them all in order.
+        """
+        ims = environ.get("HTTP_IF_MODIFIED_SINCE")
+        if not ims or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return
+        if any(k in environ for k in ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")):
+            return
+        since = util.parse_time_string(ims)
+        if since is None:
+            return
+        res = self.get_resource_inst(environ.get("PATH_INFO", ""), environ)
+        if res is None or res.is_collection or not res.support_modified():
+            return
+        if int(res.get_last_modified()) <= since:
+            raise DAVError(HTTP_NOT_MODIFIED)
 
 
 def _mtime(tree: CollectionTree, inner: str) -> float:

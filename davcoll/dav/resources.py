@@ -21,6 +21,7 @@ from urllib.parse import quote
 from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
     HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_METHOD_NOT_ALLOWED,
@@ -91,6 +92,15 @@ class _Mixin:
     def _forget_resolution(self) -> None:
         self.environ.pop("davcoll.res_cache", None)
 
+    def get_property_value(self, name: str):
+        # RFC 4918 15.6: getetag holds the entity-tag as in the ETag header,
+        # quotes included (WsgiDAV would return the bare value).
+        if name == "{DAV:}getetag":
+            etag = self.get_etag()  # type: ignore[attr-defined]
+            if etag is not None:
+                return f'"{etag}"'
+        return super().get_property_value(name)  # type: ignore[misc]
+
     # --- native copy / move (single tree operations) -----------------------
 
     def _copy_or_move(self, dest_path: str, *, move: bool, recursive: bool = True) -> bool:
@@ -111,6 +121,9 @@ class _Mixin:
             if src.junk or prov.junk.is_junk(dst.name):
                 return self._junk_copy(dst, move=move)
             if src.tree is dst.tree:
+                if move and dst.inner and src.inner.startswith(dst.inner + "/"):
+                    # Overwriting the destination would delete the source.
+                    raise DAVError(HTTP_CONFLICT, context_info="the destination folder contains the source")
                 change.acquire(src.tree)
                 if move:
                     src.tree.rename(change, src.inner, dst.inner, overwrite=True)

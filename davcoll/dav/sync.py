@@ -72,6 +72,9 @@ class SyncMiddleware(BaseMiddleware):
             if props:
                 for tree, new_props in props.items():
                     sess.set_properties(tree, new_props)
+                # Top-level collection records come from the session's
+                # listing memo; drop it so the next PROPFIND sees the change.
+                sess.forget_listing()
         except (FsError, CatalogError, BlockStoreError) as e:
             log.warning("commit failed: %s", e)
             if self.metrics is not None:
