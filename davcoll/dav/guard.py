@@ -29,6 +29,7 @@ MAX_XML_BODY = 1 << 20
 DRAIN_LIMIT = 8 << 20
 _ENCODED_BAD = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _TOKEN_IN_PATH = re.compile(r"(^|/)t=[^/]*")
+_ZERO_SUFFIX = re.compile(r"\s*-0+\s*")
 
 STATUS_TEXT = {
     400: "Bad Request",
@@ -173,10 +174,20 @@ class RequestGuard:
             if depth is None or depth.strip().lower() == "infinity":
                 return 403, "PROPFIND with Depth: infinity is disabled", "propfind"
         rng = environ.get("HTTP_RANGE")
-        if rng is not None and "," in rng:
-            # WsgiDAV would serve only the last range; the whole body (200)
-            # is the other correct answer RFC 7233 allows.
-            del environ["HTTP_RANGE"]
+        if rng is not None:
+            unit, sep, spec = rng.partition("=")
+            if not sep or unit.strip().lower() != "bytes":
+                # RFC 9110 14.2: ignore a Range in a unit we do not know
+                # (WsgiDAV read any unit as bytes).
+                del environ["HTTP_RANGE"]
+            elif "," in spec:
+                # WsgiDAV would serve only the last range; the whole body (200)
+                # is the other correct answer RFC 7233 allows.
+                del environ["HTTP_RANGE"]
+            elif _ZERO_SUFFIX.fullmatch(spec):
+                # "-0" selects no bytes: unsatisfiable.  WsgiDAV sent a 206
+                # with "bytes 1000-999/1000"; an empty spec makes it say 416.
+                environ["HTTP_RANGE"] = "bytes="
         if method in XML_BODY_METHODS:
             return self._check_xml_body(environ)
         return None

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from wsgidav import util
-from wsgidav.dav_error import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_MODIFIED, DAVError
+from wsgidav.dav_error import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_MODIFIED, HTTP_PRECONDITION_FAILED, DAVError
 from wsgidav.dav_provider import DAVProvider
 
 from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
@@ -281,6 +281,11 @@ class CollectionProvider(DAVProvider):
         if environ.get("REQUEST_METHOD") in SNAPSHOT_REFUSED and self.is_snapshot_path(environ.get("PATH_INFO", "")):
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot (PDH) is read-only")
         self._check_if_modified_since(environ)
+        if environ.get("HTTP_IF_MATCH") and environ.get("REQUEST_METHOD") in ("PUT", "MKCOL", "LOCK"):
+            # RFC 9110 13.1.1: If-Match is false when there is no current
+            # representation (WsgiDAV ignores it for unmapped URLs and creates).
+            if self.get_resource_inst(environ.get("PATH_INFO", ""), environ) is None:
+                raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Match: the target does not exist")
         return default_handler(environ, start_response)
 
     def _check_if_modified_since(self, environ: dict) -> None:
