@@ -1,0 +1,730 @@
+"""The benchmark scenarios of issue 6, each run against davcoll and the reference.
+
+Every scenario starts its own fresh server processes (davcoll with the
+embedded backend and ``bench/refserver.py``) on their own data, repeats its
+measurement ``ctx.repeat`` times, alternating which server goes first in
+each repetition so that slow phases of a noisy machine hit both alike, and
+returns ``Row`` objects holding every sample.  Nothing here asserts; the
+verdicts are computed from the targets and printed by ``bench/run.py``.
+
+Ratios compare speeds, davcoll ÷ reference: for a throughput that is the
+ratio of the rates, for a time it is reference time ÷ davcoll time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from client import MIB, NAMED_PROPS, Client, Payload, count_responses, expect, md5_rate
+from procs import RssSampler, ServerProc, davcoll_server, reference_server
+from workloads import create_collections, dir_path, materialize, synth_tree
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------
+# Sizes, results, context
+
+
+@dataclass(frozen=True)
+class Sizes:
+    big: int  # scenarios 1, 2, 6, 8 (GET), 10
+    huge: int  # scenario 8 (PUT)
+    small_count: int  # scenario 3
+    small_size: int
+    s4_ns: tuple[int, ...]  # scenario 4 collection sizes
+    s4_puts: int  # timed PUTs per (N, server, repetition)
+    s5_files: int  # scenario 5 directory size
+    s7_files: int  # scenario 7 collection size
+    par_clients: int  # scenario 9
+    par_files: int
+    par_size: int
+    md5_bytes: int
+
+
+FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns=(0, 10_000, 100_000), s4_puts=40,
+             s5_files=10_000, s7_files=1_000_000, par_clients=16, par_files=64, par_size=256 << 10, md5_bytes=512 * MIB)
+QUICK = Sizes(big=128 * MIB, huge=512 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
+              s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB)
+
+
+def human_size(n: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+def med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs: list[float]) -> float | None:
+    """(max - min) / median, as a fraction."""
+    if len(xs) < 2:
+        return None
+    m = statistics.median(xs)
+    return (max(xs) - min(xs)) / m if m else None
+
+
+@dataclass
+class Row:
+    scenario: str
+    workload: str
+    metric: str
+    davcoll: list[float]
+    reference: list[float] = field(default_factory=list)
+    bound: float | None = None  # physical bound in the row's unit (md5 rate of one core)
+    ratio: float | None = None
+    ratio_of: str = ""  # what ``ratio`` divides
+    target: str = ""
+    verdict: str = "report"  # pass | MISS | report
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["davcoll_median"] = med(self.davcoll)
+        d["reference_median"] = med(self.reference)
+        d["davcoll_spread"] = spread(self.davcoll)
+        d["reference_spread"] = spread(self.reference)
+        return d
+
+
+def verdict(ok: bool | None) -> str:
+    return "report" if ok is None else ("pass" if ok else "MISS")
+
+
+def speed_row(scenario: str, workload: str, metric: str, d: list[float], r: list[float], *, min_ratio: float | None,
+              time_metric: bool = False, bound: float | None = None, note: str = "") -> Row:
+    """A row whose ratio is davcoll speed ÷ reference speed."""
+    md, mr = med(d), med(r)
+    ratio = None
+    if md and mr:
+        ratio = (mr / md) if time_metric else (md / mr)
+    ok = None if min_ratio is None or ratio is None else ratio >= min_ratio
+    target = f"≥ {min_ratio:g} × ref" if min_ratio is not None else ""
+    return Row(scenario, workload, metric, d, r, bound, ratio, "ref÷davcoll time" if time_metric else "davcoll÷ref",
+               target, verdict(ok), note)
+
+
+def bound_row(scenario: str, workload: str, metric: str, d: list[float], r: list[float], bound: float, *,
+              min_ratio: float | None, note: str = "") -> Row:
+    """A throughput row judged against a physical bound (davcoll ÷ bound)."""
+    md = med(d)
+    ratio = md / bound if md and bound else None
+    ok = None if min_ratio is None or ratio is None else ratio >= min_ratio
+    target = f"≥ {min_ratio:g} × md5" if min_ratio is not None else ""
+    return Row(scenario, workload, metric, d, r, bound, ratio, "davcoll÷md5", target, verdict(ok), note)
+
+
+def limit_row(scenario: str, workload: str, metric: str, d: list[float], r: list[float], limit: float | None, *,
+              note: str = "", ratio: float | None = None, ratio_of: str = "") -> Row:
+    """A row judged by an absolute upper limit on davcoll's median."""
+    md = med(d)
+    ok = None if limit is None or md is None else md <= limit
+    target = f"≤ {limit:g} {metric}" if limit is not None else ""
+    return Row(scenario, workload, metric, d, r, None, ratio, ratio_of, target, verdict(ok), note)
+
+
+class Ctx:
+    def __init__(self, sizes: Sizes, repeat: int, work: Path, keep: bool = False) -> None:
+        self.sizes = sizes
+        self.repeat = repeat
+        self.work = work
+        self.keep = keep
+        self.md5_bps: float | None = None  # bytes/s, set by scenario 0
+        self.t0 = time.monotonic()
+        self.extra: dict[str, object] = {}  # raw numbers beyond the rows, for the JSON file
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def fresh(self, name: str) -> Path:
+        p = self.work / name
+        if p.exists():
+            shutil.rmtree(p)
+        p.mkdir(parents=True)
+        return p
+
+    def cleanup(self, path: Path) -> None:
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def md5_mbps(self) -> float:
+        assert self.md5_bps is not None
+        return self.md5_bps / 1e6
+
+
+def alternate(rep: int, servers: list[ServerProc]) -> list[ServerProc]:
+    return servers if rep % 2 == 0 else servers[::-1]
+
+
+def sync_disk() -> None:
+    """Flush dirty pages so a timed transfer does not pay for the previous one's writeback."""
+    os.sync()
+
+
+def client(srv: ServerProc) -> Client:
+    return Client(srv.url, srv.headers)
+
+
+def mkcol(srv: ServerProc, path: str) -> None:
+    c = client(srv)
+    try:
+        expect(c.request("MKCOL", path), 201, 405, what=f"{srv.name} MKCOL {path}")
+    finally:
+        c.close()
+
+
+@contextlib.contextmanager
+def server_pair(ctx: Ctx, name: str, *, collections: dict[str, str] | None = None,
+                ref_setup: Callable[[Path], None] | None = None) -> Iterator[tuple[Path, Path, Path]]:
+    """Fresh davcoll data dir and reference root (pre-populated), removed afterwards.
+
+    Yields (davcoll data dir, reference root, log dir); servers are started
+    by the caller (some scenarios restart them)."""
+    base = ctx.fresh(name)
+    data, root, logs = base / "davcoll", base / "reference", base / "logs"
+    root.mkdir()
+    logs.mkdir()
+    try:
+        if collections:
+            create_collections(data, collections)
+        if ref_setup:
+            ref_setup(root)
+        yield data, root, logs
+    finally:
+        ctx.cleanup(base)
+
+
+@contextlib.contextmanager
+def running(*servers: ServerProc) -> Iterator[list[ServerProc]]:
+    started: list[ServerProc] = []
+    try:
+        for s in servers:
+            started.append(s.start())
+        yield started
+    finally:
+        for s in started:
+            s.stop()
+
+
+@contextlib.contextmanager
+def embedded_and_reference(ctx: Ctx, name: str, **kw) -> Iterator[list[ServerProc]]:
+    with server_pair(ctx, name, **kw) as (data, root, logs):
+        with running(davcoll_server(data, logs), reference_server(root, logs)) as servers:
+            yield servers
+
+
+# ---------------------------------------------------------------------------
+# Measurements shared by the embedded scenarios and scenario 10
+
+
+def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g") -> dict[str, list[float]]:
+    """MB/s of GETs of one ``big`` file (written first, verified once untimed)."""
+    size = ctx.sizes.big
+    payload = Payload(1, size)
+    want = payload.md5()
+    for srv in servers:
+        mkcol(srv, f"/{coll}/")
+        c = client(srv)
+        expect(c.put_payload(f"/{coll}/big.bin", payload), 201, 204, what=f"{srv.name} PUT")
+        h = hashlib.md5(usedforsecurity=False)
+        r = expect(c.get(f"/{coll}/big.bin", sink=h.update), 200, what=f"{srv.name} GET")
+        if r.nbytes != size or h.hexdigest() != want:
+            raise RuntimeError(f"{srv.name}: GET returned wrong content ({r.nbytes} bytes)")
+        c.close()
+    out: dict[str, list[float]] = {s.name: [] for s in servers}
+    for rep in range(ctx.repeat):
+        for srv in alternate(rep, servers):
+            sync_disk()
+            c = client(srv)
+            r = expect(c.get(f"/{coll}/big.bin"), 200, what=f"{srv.name} GET")
+            c.close()
+            assert r.nbytes == size
+            out[srv.name].append(size / r.seconds / 1e6)
+    return out
+
+
+def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p") -> dict[str, dict[str, list[float]]]:
+    """MB/s of PUTs of a ``big`` file, with Content-Length and chunked (1 MiB chunks)."""
+    size = ctx.sizes.big
+    out: dict[str, dict[str, list[float]]] = {s.name: {"length": [], "chunked": []} for s in servers}
+    for srv in servers:
+        mkcol(srv, f"/{coll}/")
+    for rep in range(ctx.repeat):
+        for mode in ("length", "chunked"):
+            for srv in alternate(rep, servers):
+                sync_disk()
+                payload = Payload(1000 + rep * 2 + (mode == "chunked"), size)
+                c = client(srv)
+                r = expect(c.put_payload(f"/{coll}/big_{mode}_{rep}.bin", payload, chunked=mode == "chunked"),
+                           201, 204, what=f"{srv.name} PUT {mode}")
+                c.close()
+                out[srv.name][mode].append(size / r.seconds / 1e6)
+    return out
+
+
+def measure_small_puts(ctx: Ctx, servers: list[ServerProc]) -> dict[str, list[float]]:
+    """Requests/s of ``small_count`` sequential small PUTs on one keep-alive connection."""
+    n, size = ctx.sizes.small_count, ctx.sizes.small_size
+    out: dict[str, list[float]] = {s.name: [] for s in servers}
+    for srv in servers:  # warm-up: connection set-up, imports, first collection
+        mkcol(srv, "/small_warm/")
+        c = client(srv)
+        for i in range(20):
+            expect(c.put_payload(f"/small_warm/w{i}.bin", Payload(i, size)), 201, 204, what=f"{srv.name} PUT")
+        c.close()
+    for rep in range(ctx.repeat):
+        for srv in alternate(rep, servers):
+            coll = f"/small_{rep}/"
+            mkcol(srv, coll)
+            c = client(srv)
+            payloads = [Payload(rep * 1_000_000 + i, size) for i in range(n)]
+            t0 = time.perf_counter()
+            for i, p in enumerate(payloads):
+                r = c.put_payload(f"{coll}f{i:04d}.bin", p)
+                if r.status not in (201, 204):
+                    raise RuntimeError(f"{srv.name}: small PUT {i}: HTTP {r.status} {r.body[:200]!r}")
+            dt = time.perf_counter() - t0
+            c.close()
+            out[srv.name].append(n / dt)
+    return out
+
+
+def parallel_round(srv: ServerProc, coll: str, clients: int, files: int, size: int, seed: int) -> dict:
+    """``clients`` threads each PUT ``files`` files into ``coll``, then GET and check them."""
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1, timeout=900)
+
+    def err(msg: str) -> None:
+        with lock:
+            errors.append(msg)
+
+    def worker(k: int) -> None:
+        c = client(srv)
+        names = [(f"{coll}c{k:02d}_f{i:03d}.bin", Payload(seed + k * files + i, size)) for i in range(files)]
+        barrier.wait()
+        for path, p in names:
+            try:
+                r = c.put_payload(path, p)
+                if r.status not in (201, 204):
+                    err(f"PUT {path}: HTTP {r.status}")
+            except Exception as e:  # noqa: BLE001 - counted as an error, then carry on
+                err(f"PUT {path}: {e!r}")
+                c.close()
+                c = client(srv)
+        barrier.wait()
+        barrier.wait()
+        for path, p in names:
+            try:
+                r = c.get(path, keep_body=True)
+                if r.status != 200:
+                    err(f"GET {path}: HTTP {r.status}")
+                elif r.body != p.bytes():
+                    err(f"GET {path}: wrong content ({len(r.body)} bytes)")
+            except Exception as e:  # noqa: BLE001
+                err(f"GET {path}: {e!r}")
+                c.close()
+                c = client(srv)
+        barrier.wait()
+        c.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    total = clients * files * size
+    barrier.wait()
+    t0 = time.perf_counter()
+    barrier.wait()
+    t_put = time.perf_counter() - t0
+    barrier.wait()
+    t0 = time.perf_counter()
+    barrier.wait()
+    t_get = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    return {"put_mbps": total / t_put / 1e6, "get_mbps": total / t_get / 1e6, "errors": errors}
+
+
+def measure_parallel(ctx: Ctx, servers: list[ServerProc]) -> dict[str, dict[str, list]]:
+    s = ctx.sizes
+    out: dict[str, dict[str, list]] = {srv.name: {"put": [], "get": [], "errors": []} for srv in servers}
+    for rep in range(ctx.repeat):
+        for srv in alternate(rep, servers):
+            coll = f"/par_{rep}/"
+            mkcol(srv, coll)
+            res = parallel_round(srv, coll, s.par_clients, s.par_files, s.par_size, seed=9_000_000 + rep * 100_000)
+            out[srv.name]["put"].append(res["put_mbps"])
+            out[srv.name]["get"].append(res["get_mbps"])
+            out[srv.name]["errors"].append(len(res["errors"]))
+            if res["errors"]:
+                ctx.log(f"{srv.name}: {len(res['errors'])} errors, first: {res['errors'][:3]}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+
+
+def s0_md5(ctx: Ctx) -> list[Row]:
+    rates = [md5_rate(ctx.sizes.md5_bytes, seed=k) / 1e6 for k in range(max(3, ctx.repeat))]
+    ctx.md5_bps = statistics.median(rates) * 1e6
+    return [Row("0", f"hashlib.md5, one core, {human_size(ctx.sizes.md5_bytes)}", "MB/s", rates,
+                note="the physical bound for anything that must hash")]
+
+
+def s1_get(ctx: Ctx) -> list[Row]:
+    with embedded_and_reference(ctx, "s1") as servers:
+        res = measure_get(ctx, servers)
+    return [speed_row("1", f"GET {human_size(ctx.sizes.big)} file", "MB/s", res["davcoll"], res["reference"],
+                      min_ratio=1.0, bound=ctx.md5_mbps(),
+                      note="davcoll checks each block's md5 as it reads it (md5 bound applies)")]
+
+
+def s2_put(ctx: Ctx) -> list[Row]:
+    with embedded_and_reference(ctx, "s2") as servers:
+        res = measure_put(ctx, servers)
+    b = ctx.md5_mbps()
+    size = human_size(ctx.sizes.big)
+    return [
+        bound_row("2a", f"PUT {size}, Content-Length", "MB/s", res["davcoll"]["length"], res["reference"]["length"],
+                  b, min_ratio=0.85),
+        bound_row("2b", f"PUT {size}, chunked (1 MiB chunks)", "MB/s", res["davcoll"]["chunked"],
+                  res["reference"]["chunked"], b, min_ratio=0.85),
+    ]
+
+
+def s3_small(ctx: Ctx) -> list[Row]:
+    with embedded_and_reference(ctx, "s3") as servers:
+        res = measure_small_puts(ctx, servers)
+    s = ctx.sizes
+    return [speed_row("3", f"{s.small_count} × {human_size(s.small_size)} PUT, one keep-alive connection", "req/s",
+                      res["davcoll"], res["reference"], min_ratio=0.7)]
+
+
+def s4_put_latency(ctx: Ctx) -> list[Row]:
+    s = ctx.sizes
+    ns = s.s4_ns
+    texts = {f"n{n}": synth_tree(n, seed=40 + i) for i, n in enumerate(ns)}
+    target = dir_path(0)  # batch_000/dir_000000, a directory of 100 files when N > 0
+
+    def ref_setup(root: Path) -> None:
+        for name, text in texts.items():
+            (root / name).mkdir()
+            materialize(text, root / name)
+            (root / name / target).mkdir(parents=True, exist_ok=True)
+
+    p50: dict[str, dict[int, list[float]]] = {"davcoll": {n: [] for n in ns}, "reference": {n: [] for n in ns}}
+    p90: dict[str, dict[int, list[float]]] = {"davcoll": {n: [] for n in ns}, "reference": {n: [] for n in ns}}
+    ctx.log(f"s4: creating collections of {', '.join(human_count(n) for n in ns)} files")
+    with embedded_and_reference(ctx, "s4", collections=texts, ref_setup=ref_setup) as servers:
+        for n in ns:
+            if n == 0:  # an empty collection has no directories yet
+                mkcol(servers[0], f"/n0/{target.split('/')[0]}/")
+                mkcol(servers[0], f"/n0/{target}/")
+        for rep in range(ctx.repeat):
+            for n in ns:
+                for srv in alternate(rep, servers):
+                    base = f"/n{n}/{target}/"
+                    c = client(srv)
+                    expect(c.propfind(base, "0"), 207, what=f"{srv.name} PROPFIND")  # opens the collection
+                    expect(c.put_payload(f"{base}warm_{rep}.bin", Payload(7, s.small_size)), 201, 204, what="PUT")
+                    lat = []
+                    for i in range(s.s4_puts):
+                        r = c.put_payload(f"{base}new_{rep}_{i:04d}.bin", Payload(rep * 10_000 + i, s.small_size))
+                        expect(r, 201, 204, what=f"{srv.name} PUT into N={n}")
+                        lat.append(r.seconds * 1000)
+                    c.close()
+                    lat.sort()
+                    p50[srv.name][n].append(statistics.median(lat))
+                    p90[srv.name][n].append(lat[int(0.9 * (len(lat) - 1))])
+    ctx.extra["s4_p90_ms"] = {k: {str(n): v for n, v in d.items()} for k, d in p90.items()}
+    rows = []
+    for n in ns:
+        rows.append(Row("4", f"one {human_size(s.small_size)} PUT into a collection of N={human_count(n)} files, p50",
+                        "ms", p50["davcoll"][n], p50["reference"][n],
+                        note=f"p90 davcoll {med(p90['davcoll'][n]):.1f} ms, reference {med(p90['reference'][n]):.1f} ms"))
+    hi, lo = ns[-1], ns[0]
+    dr = [a / b for a, b in zip(p50["davcoll"][hi], p50["davcoll"][lo])]
+    rr = [a / b for a, b in zip(p50["reference"][hi], p50["reference"][lo])]
+    md = med(dr)
+    rows.append(Row("4", f"p50 ratio N={human_count(hi)} ÷ N={human_count(lo)} (per repetition)", "×", dr, rr,
+                    ratio=md, ratio_of=f"N={human_count(hi)}÷N=0", target="≤ 2", verdict=verdict(md is not None and md <= 2)))
+    return rows
+
+
+def s5_propfind(ctx: Ctx) -> list[Row]:
+    nfiles = ctx.sizes.s5_files
+    text = synth_tree(nfiles, seed=5, files_per_dir=nfiles)
+    path = f"/p5/{dir_path(0)}/"
+    times: dict[str, dict[str, list[float]]] = {"davcoll": {"named": [], "allprop": []},
+                                                "reference": {"named": [], "allprop": []}}
+    sizes: dict[str, dict[str, int]] = {"davcoll": {}, "reference": {}}
+
+    def ref_setup(root: Path) -> None:
+        materialize(text, root / "p5")
+
+    with embedded_and_reference(ctx, "s5", collections={"p5": text}, ref_setup=ref_setup) as servers:
+        for srv in servers:  # warm-up and sanity check: every entry listed
+            c = client(srv)
+            for mode, body in (("named", NAMED_PROPS), ("allprop", b"")):
+                r = expect(c.propfind(path, "1", body), 207, what=f"{srv.name} PROPFIND")
+                if count_responses(r.body) != nfiles + 1:
+                    raise RuntimeError(f"{srv.name}: PROPFIND listed {count_responses(r.body)} entries, not {nfiles + 1}")
+                sizes[srv.name][mode] = len(r.body)
+            c.close()
+        for rep in range(ctx.repeat):
+            for mode, body in (("named", NAMED_PROPS), ("allprop", b"")):
+                for srv in alternate(rep, servers):
+                    c = client(srv)
+                    r = expect(c.propfind(path, "1", body), 207, what=f"{srv.name} PROPFIND")
+                    c.close()
+                    times[srv.name][mode].append(r.seconds)
+    ctx.extra["s5_response_bytes"] = sizes
+    n = human_count(nfiles)
+    return [
+        speed_row("5a", f"PROPFIND Depth 1, {n} files, named props", "s", times["davcoll"]["named"],
+                  times["reference"]["named"], min_ratio=1.0, time_metric=True,
+                  note=f"response {sizes['davcoll']['named'] / 1e6:.1f} MB vs {sizes['reference']['named'] / 1e6:.1f} MB"),
+        speed_row("5b", f"PROPFIND Depth 1, {n} files, allprop", "s", times["davcoll"]["allprop"],
+                  times["reference"]["allprop"], min_ratio=1.0, time_metric=True,
+                  note=f"response {sizes['davcoll']['allprop'] / 1e6:.1f} MB vs {sizes['reference']['allprop'] / 1e6:.1f} MB"),
+    ]
+
+
+def s6_copy_move(ctx: Ctx) -> list[Row]:
+    size = ctx.sizes.big
+    ops = ("copy", "move", "copy_x", "move_x")
+    ms: dict[str, dict[str, list[float]]] = {"davcoll": {o: [] for o in ops}, "reference": {o: [] for o in ops}}
+    with embedded_and_reference(ctx, "s6") as servers:
+        for srv in servers:
+            mkcol(srv, "/c6/")
+            mkcol(srv, "/c6b/")
+            c = client(srv)
+            expect(c.put_payload("/c6/big.bin", Payload(6, size)), 201, 204, what=f"{srv.name} PUT")
+            c.close()
+        for rep in range(ctx.repeat):
+            for srv in alternate(rep, servers):
+                sync_disk()
+                c = client(srv)
+                steps = (
+                    ("copy", "COPY", "/c6/big.bin", f"/c6/copy_{rep}.bin"),
+                    ("move", "MOVE", f"/c6/copy_{rep}.bin", f"/c6/moved_{rep}.bin"),
+                    ("copy_x", "COPY", "/c6/big.bin", f"/c6b/copy_{rep}.bin"),
+                    ("move_x", "MOVE", f"/c6/moved_{rep}.bin", f"/c6b/moved_{rep}.bin"),
+                )
+                for op, method, src, dst in steps:
+                    r = expect(c.copy_move(method, src, dst), 201, 204, what=f"{srv.name} {method}")
+                    ms[srv.name][op].append(r.seconds * 1000)
+                for p in (f"/c6b/copy_{rep}.bin", f"/c6b/moved_{rep}.bin"):
+                    expect(c.request("DELETE", p), 204, what=f"{srv.name} DELETE")
+                c.close()
+    n = human_size(size)
+    labels = {"copy": f"COPY a {n} file (same collection)", "move": f"MOVE a {n} file (same collection)",
+              "copy_x": f"COPY a {n} file into another collection",
+              "move_x": f"MOVE a {n} file into another collection"}
+    return [limit_row("6", labels[o], "ms", ms["davcoll"][o], ms["reference"][o], 50.0) for o in ops]
+
+
+def s7_open_big(ctx: Ctx) -> list[Row]:
+    nfiles = ctx.sizes.s7_files
+    ctx.log(f"s7: generating a {human_count(nfiles)}-file collection")
+    text = synth_tree(nfiles, seed=7)
+    ndirs = nfiles // 100
+    path = f"/big/{dir_path(ndirs // 2)}/"
+    cold: dict[str, list[float]] = {"davcoll": [], "reference": []}
+    warm: dict[str, list[float]] = {"davcoll": [], "reference": []}
+    rss: dict[str, list[float]] = {"davcoll": [], "reference": []}
+
+    def ref_setup(root: Path) -> None:
+        ctx.log(f"s7: materializing {human_count(nfiles)} files for the reference")
+        materialize(text, root / "big")
+
+    with server_pair(ctx, "s7", collections={"big": text}, ref_setup=ref_setup) as (data, root, logs):
+        del text
+        for rep in range(ctx.repeat):
+            for kind in (("davcoll", "reference") if rep % 2 == 0 else ("reference", "davcoll")):
+                srv = davcoll_server(data, logs) if kind == "davcoll" else reference_server(root, logs)
+                with running(srv):
+                    c = client(srv)
+                    r = expect(c.propfind(path, "1", NAMED_PROPS), 207, what=f"{kind} PROPFIND")
+                    cold[kind].append(r.seconds)
+                    if count_responses(r.body) != 101:
+                        raise RuntimeError(f"{kind}: listed {count_responses(r.body)} entries, not 101")
+                    r = expect(c.propfind(path, "1", NAMED_PROPS), 207, what=f"{kind} PROPFIND")
+                    warm[kind].append(r.seconds * 1000)
+                    c.close()
+                    rss[kind].append(srv.rss_kib() / 1024)
+    n = human_count(nfiles)
+    return [
+        limit_row("7a", f"fresh server: open a {n}-file collection + PROPFIND D1 of a 100-file dir", "s",
+                  cold["davcoll"], cold["reference"], 1.0),
+        limit_row("7b", "the same PROPFIND again (collection open)", "ms", warm["davcoll"], warm["reference"], None),
+        limit_row("7c", f"server RSS after opening the {n}-file collection", "MiB", rss["davcoll"], rss["reference"],
+                  None),
+    ]
+
+
+def s8_memory(ctx: Ctx) -> list[Row]:
+    s = ctx.sizes
+    put_peak: dict[str, list[float]] = {"davcoll": [], "reference": []}
+    get_peak: dict[str, list[float]] = {"davcoll": [], "reference": []}
+    rates: dict[str, dict[str, list[float]]] = {"davcoll": {"put": [], "get": []}, "reference": {"put": [], "get": []}}
+    with server_pair(ctx, "s8") as (data, root, logs):
+
+        def make(kind: str) -> ServerProc:
+            return davcoll_server(data, logs) if kind == "davcoll" else reference_server(root, logs)
+
+        for kind in ("davcoll", "reference"):
+            with running(make(kind)) as (srv,):
+                mkcol(srv, "/m/")
+                c = client(srv)
+                expect(c.put_payload("/m/get.bin", Payload(8, s.big)), 201, 204, what=f"{kind} PUT")
+                c.close()
+        for rep in range(ctx.repeat):
+            for kind in (("davcoll", "reference") if rep % 2 == 0 else ("reference", "davcoll")):
+                sync_disk()
+                with running(make(kind)) as (srv,):  # fresh process: VmHWM covers this PUT only
+                    c = client(srv)
+                    r = expect(c.put_payload(f"/m/huge_{rep}.bin", Payload(80 + rep, s.huge)), 201, 204,
+                               what=f"{kind} PUT huge")
+                    c.close()
+                    put_peak[kind].append(srv.hwm_kib() / 1024)
+                    rates[kind]["put"].append(s.huge / r.seconds / 1e6)
+                    c = client(srv)
+                    expect(c.request("DELETE", f"/m/huge_{rep}.bin"), 204, what=f"{kind} DELETE")
+                    c.close()
+                sync_disk()
+                with running(make(kind)) as (srv,):
+                    c = client(srv)
+                    r = expect(c.get("/m/get.bin"), 200, what=f"{kind} GET")
+                    c.close()
+                    get_peak[kind].append(srv.hwm_kib() / 1024)
+                    rates[kind]["get"].append(s.big / r.seconds / 1e6)
+    ctx.extra["s8_rates_mbps"] = rates
+    note_put = f"PUT ran at {med(rates['davcoll']['put']):.0f} MB/s (reference {med(rates['reference']['put']):.0f})"
+    note_get = f"GET ran at {med(rates['davcoll']['get']):.0f} MB/s (reference {med(rates['reference']['get']):.0f})"
+    return [
+        limit_row("8a", f"peak RSS of a fresh server during a {human_size(s.huge)} PUT", "MiB", put_peak["davcoll"],
+                  put_peak["reference"], 300.0, note=note_put),
+        limit_row("8b", f"peak RSS of a fresh server during a {human_size(s.big)} GET", "MiB", get_peak["davcoll"],
+                  get_peak["reference"], 200.0, note=note_get),
+    ]
+
+
+def s9_parallel(ctx: Ctx) -> list[Row]:
+    s = ctx.sizes
+    with embedded_and_reference(ctx, "s9") as servers:
+        res = measure_parallel(ctx, servers)
+    what = f"{s.par_clients} clients × {s.par_files} × {human_size(s.par_size)}"
+    d, r = res["davcoll"], res["reference"]
+    errs = sum(d["errors"])
+    return [
+        speed_row("9a", f"{what} PUT into one collection, aggregate", "MB/s", d["put"], r["put"], min_ratio=0.7,
+                  bound=ctx.md5_mbps()),
+        speed_row("9b", f"{what} GET back (content checked), aggregate", "MB/s", d["get"], r["get"], min_ratio=0.7),
+        Row("9c", "errors (non-2xx, exceptions, wrong content), all repetitions", "count", d["errors"], r["errors"],
+            target="= 0", verdict=verdict(errs == 0)),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Scenario 10: the Arvados backend against the fake cluster (report only)
+
+
+@contextlib.contextmanager
+def arvados_davcoll(ctx: Ctx, name: str) -> Iterator[ServerProc]:
+    base = ctx.fresh(name)
+    logs = base / "logs"
+    logs.mkdir()
+    fake_log = open(logs / "fakecluster.log", "ab")
+    fake = subprocess.Popen([sys.executable, str(HERE / "fakecluster.py")], stdout=subprocess.PIPE,
+                            stderr=fake_log, cwd=str(HERE.parent))
+    srv: ServerProc | None = None
+    try:
+        assert fake.stdout is not None
+        line = fake.stdout.readline()
+        if not line:
+            raise RuntimeError("fake cluster did not start: " + (logs / "fakecluster.log").read_text()[-2000:])
+        info = json.loads(line)
+        srv = davcoll_server(base / "davcoll", logs, name="davcoll",
+                             extra=["--arvados-api-host", info["api_url"], "--anonymous", "none"],
+                             headers={"Authorization": f"Bearer {info['token']}"})
+        srv.start()
+        ctx.extra.setdefault("s10_fake_pid", fake.pid)
+        yield srv
+    finally:
+        if srv is not None:
+            srv.stop()
+        fake.terminate()
+        try:
+            fake.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fake.kill()
+            fake.wait(timeout=10)
+        fake_log.close()
+        ctx.cleanup(base)
+
+
+def s10_arvados(ctx: Ctx) -> list[Row]:
+    s = ctx.sizes
+    b = ctx.md5_mbps()
+    rows: list[Row] = []
+    with arvados_davcoll(ctx, "s10") as srv:
+        ctx.log("s10: GET")
+        g = measure_get(ctx, [srv])["davcoll"]
+        ctx.log("s10: PUT")
+        p = measure_put(ctx, [srv])["davcoll"]
+        ctx.log("s10: small PUTs")
+        sm = measure_small_puts(ctx, [srv])["davcoll"]
+        ctx.log("s10: parallel")
+        par = measure_parallel(ctx, [srv])["davcoll"]
+    size = human_size(s.big)
+    what = f"{s.par_clients} clients × {s.par_files} × {human_size(s.par_size)}"
+    note = "Arvados backend, fake cluster (2 keepstores, Python) on the same machine"
+    rows.append(Row("10.1", f"Arvados: GET {size} file", "MB/s", g, bound=b, note=note))
+    rows.append(Row("10.2a", f"Arvados: PUT {size}, Content-Length", "MB/s", p["length"], bound=b,
+                    ratio=med(p["length"]) / b, ratio_of="davcoll÷md5"))
+    rows.append(Row("10.2b", f"Arvados: PUT {size}, chunked", "MB/s", p["chunked"], bound=b,
+                    ratio=med(p["chunked"]) / b, ratio_of="davcoll÷md5"))
+    rows.append(Row("10.3", f"Arvados: {s.small_count} × {human_size(s.small_size)} PUT, one connection", "req/s", sm))
+    rows.append(Row("10.9a", f"Arvados: {what} PUT, aggregate", "MB/s", par["put"], bound=b))
+    rows.append(Row("10.9b", f"Arvados: {what} GET back, aggregate", "MB/s", par["get"]))
+    rows.append(Row("10.9c", "Arvados: errors in 10.9", "count", par["errors"]))
+    return rows
+
+
+SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
+    "1": s1_get,
+    "2": s2_put,
+    "3": s3_small,
+    "4": s4_put_latency,
+    "5": s5_propfind,
+    "6": s6_copy_move,
+    "7": s7_open_big,
+    "8": s8_memory,
+    "9": s9_parallel,
+    "10": s10_arvados,
+}
