@@ -85,6 +85,10 @@ class FileReader(io.RawIOBase):
         try:
             while self._pos < end:
                 piece = self._read_piece(end)
+                if not piece:
+                    # A block shorter than its segments claim: stop with an
+                    # error rather than spin forever or return short data.
+                    raise StorageFailure("block data ended before the segment did")
                 pieces.append(piece)
                 self._pos += len(piece)
         except BlockStoreError as e:
@@ -161,6 +165,8 @@ class FileWriter:
         self.closed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.closed:
+            raise ValueError("write to a closed or aborted FileWriter")
         mv = memoryview(data)
         n = len(mv)
         while mv:

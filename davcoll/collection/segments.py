@@ -23,6 +23,10 @@ def size_of(segs: Segments) -> int:
     return sum(s[2] for s in segs)
 
 
+class NotStored(ValueError):
+    """A segment still points at buffered bytes (``ChangeSet.flush`` first)."""
+
+
 def resolve(seg: tuple) -> tuple:
     """The stored form ``(locator, offset, length)`` of a segment, if stored."""
     src = seg[0]
@@ -30,7 +34,7 @@ def resolve(seg: tuple) -> tuple:
         return seg
     loc = src.locator
     if loc is None:
-        raise ValueError("segment data has not been stored yet")
+        raise NotStored("segment data has not been stored yet")
     return (loc, src.base + seg[1], seg[2])
 
 
@@ -71,21 +75,36 @@ def etag_of(segs: Segments) -> str:
 
     Derived from bare locators, offsets and lengths, so it is stable across
     unrelated changes to the collection, identical for identical references,
-    and changes whenever the referenced bytes change.  Unstored buffers are
-    identified by object identity (they are replaced at commit).
+    and changes whenever the referenced bytes change.  Pieces that are
+    contiguous in one block are hashed as one, so a file whose buffers were
+    packed next to each other keeps its ETag after a reload from the
+    manifest (where the parser has merged them).  Unstored buffers are
+    identified by object identity: their ETag changes once they are stored.
     """
     h = hashlib.md5()
+    pend: tuple[str, int, int] | None = None  # stored piece not hashed yet
     for seg in segs:
         src = seg[0]
+        off = seg[1]
         if type(src) is not str:
             if src.locator is None:
-                h.update(b"buf%x:%d:%d;" % (id(src), seg[1], seg[2]))
+                if pend is not None:
+                    h.update(b"%s:%d:%d;" % (pend[0].encode(), pend[1], pend[2]))
+                    pend = None
+                h.update(b"buf%x:%d:%d;" % (id(src), off, seg[2]))
                 continue
-            seg = resolve(seg)
-            src = seg[0]
+            off += src.base
+            src = src.locator
         i = src.find("+", 33)
         bare = src if i < 0 else src[:i]
-        h.update(f"{bare}:{seg[1]}:{seg[2]};".encode())
+        if pend is not None:
+            if pend[0] == bare and pend[1] + pend[2] == off:
+                pend = (bare, pend[1], pend[2] + seg[2])
+                continue
+            h.update(b"%s:%d:%d;" % (pend[0].encode(), pend[1], pend[2]))
+        pend = (bare, off, seg[2])
+    if pend is not None:
+        h.update(b"%s:%d:%d;" % (pend[0].encode(), pend[1], pend[2]))
     return h.hexdigest()
 
 

@@ -21,10 +21,16 @@ the catalog apply changes in the same order.
 Lock order (outer to inner); never hold any of them across block I/O:
   1. ``CollectionTree.writer`` -- one per opened collection; held by a
      ChangeSet from its first mutation until commit or rollback (the commit
-     is the only I/O done under it).  A request that changes two collections
-     takes both writer locks in UUID order (``ChangeSet.lock_trees``).
+     -- ``ChangeSet.flush`` plus the catalog update -- is the only I/O done
+     under it).  It is a plain ``Lock``, not an ``RLock``: ownership belongs
+     to the ChangeSet, not to a thread, so two change sets in one thread
+     still exclude each other and a change set may be released from another
+     thread.  A request that changes two collections takes both writer locks
+     in UUID order (``ChangeSet.lock_trees``) before its first mutation.
   2. ``CollectionTree._lock`` -- guards the node structure (children dicts,
-     caches, ``version``/``record``).  Short critical sections only.
+     caches, ``version``/``record``).  Short critical sections only; never
+     held while waiting for a writer lock.  ``ChangeSet.rollback`` takes the
+     ``_lock`` of several trees, in the same UUID order.
   3. ``ByteBudget._cond`` (buffers.py).
 Readers take only ``_lock``, briefly, to resolve a path and snapshot a
 segment tuple; streaming then happens without any lock.
@@ -63,10 +69,14 @@ from .errors import (
     ReadOnly,
 )
 from .io import FileReader, FileWriter
-from .segments import Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
+from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
 
 VIRTUAL_RECORD_NAME = ".arvados#collection"
 WRITER_LOCK_TIMEOUT = 120.0
+#: How long ``record_json`` waits for an in-flight change to commit when the
+#: tree holds bytes that are not stored yet (they have no locator to show).
+RECORD_WAIT_TIMEOUT = 10.0
+_RECORD_KEYS = ("uuid", "name", "portable_data_hash", "manifest_text", "properties", "modified_at", "version")
 
 
 def check_name(name: str) -> str:
@@ -148,9 +158,17 @@ class CollectionTree:
         self._trusted = trusted_normalized
         self.root = DirNode(src="")
         self._lock = threading.RLock()
-        self.writer = threading.RLock()
+        # See the lock order in the module docstring (why a plain Lock).
+        self.writer = threading.Lock()
+        # Thread that took ``writer`` (informational: lets record_json tell
+        # "my own change holds unstored bytes" from "another request's").
+        self._writer_thread: int | None = None
+        # Bumped by every structural change (and undo); keys record_json's cache.
+        self._gen = 0
+        self._record_cache: tuple[tuple, bytes] | None = None
         # Set when the catalog may hold changes this tree has not seen.
         self.stale = False
+        self.loaded_at = time.monotonic()
 
     # ------------------------------------------------------------------ loading
 
@@ -182,6 +200,8 @@ class CollectionTree:
             return None
         text = lines[0][1]
         sp = text.index(" ")
+        if text.find("/", sp) >= 0 or text.find("\\057", sp) >= 0:
+            return None  # tokens reaching into subdirectories: not our layout
         if text.endswith(" 0:0:\\056") and text.count(":") == 2:
             return ""  # an empty-directory marker line
         return text[sp:] + "\n"
@@ -215,12 +235,40 @@ class CollectionTree:
         return len(parts) == 1 and parts[0] == VIRTUAL_RECORD_NAME
 
     def record_json(self) -> bytes:
-        """Content of the virtual ``.arvados#collection`` file."""
+        """Content of the virtual ``.arvados#collection`` file.
+
+        Cached until the tree or the record changes, because WebDAV clients
+        stat the file before reading it and each render is a full marshal.
+        A tree that holds bytes not stored yet (another request's change
+        between mutation and commit) cannot be rendered: we wait for that
+        change to finish, or raise BusyError if it is our own thread's.
+        """
+        try:
+            return self._record_json_now()
+        except NotStored:
+            pass
+        if self._writer_thread == threading.get_ident():
+            raise BusyError("the collection has uncommitted changes in this request")
+        if not self.writer.acquire(timeout=RECORD_WAIT_TIMEOUT):
+            raise BusyError("collection is busy; try again")
+        try:
+            return self._record_json_now()
+        except NotStored as e:  # pragma: no cover - a change set leaked its buffers
+            raise BusyError("the collection has uncommitted changes") from e
+        finally:
+            self.writer.release()
+
+    def _record_json_now(self) -> bytes:
         with self._lock:
-            rec = dict(self.record)
-        rec["manifest_text"] = self.marshal()
-        keys = ("uuid", "name", "portable_data_hash", "manifest_text", "properties", "modified_at", "version")
-        return (json.dumps({k: rec.get(k) for k in keys}, indent=2, sort_keys=True) + "\n").encode()
+            rec = {k: self.record.get(k) for k in _RECORD_KEYS if k != "manifest_text"}
+            key = (self._gen, json.dumps(rec, sort_keys=True, default=str))
+            cached = self._record_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            rec["manifest_text"] = self.marshal()
+            data = (json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n").encode()
+            self._record_cache = (key, data)
+            return data
 
     def stat(self, path: str) -> Stat:
         parts = [p for p in path.split("/") if p]
@@ -314,7 +362,8 @@ class CollectionTree:
         """Set or delete (value None) one entry, recording undo information."""
         old = ch.get(name)
         old_mtime = parent.mtimes.get(name) if parent.mtimes else None
-        change._undo.append((parent, name, old, old_mtime, parent.tail))
+        change._undo.append((self, parent, name, old, old_mtime, parent.tail))
+        self._gen += 1
         if value is None:
             ch.pop(name, None)
             if parent.mtimes:
@@ -454,9 +503,17 @@ class CollectionTree:
         return DirNode(children={k: (self._from_dir(v) if isinstance(v, Dir) else v) for k, v in d.items()})
 
     def truncate(self, change: "ChangeSet", path: str, size: int) -> None:
-        """Shrink or grow (with zero bytes) a file."""
+        """Shrink or grow (with zero bytes) a file.
+
+        The writer lock is taken *before* the current content is read: this
+        is a read-modify-write, and reading first would let a concurrent
+        change slip in between and be overwritten with stale content.
+        """
+        if size < 0:
+            raise ValueError("negative size")
         parts = split_path(path)
         self._check_writable(parts)
+        change.acquire(self)
         with self._lock:
             segs = self._walk(parts)
         if type(segs) is DirNode:
@@ -469,9 +526,20 @@ class CollectionTree:
         self.put_file(change, path, new)
 
     def write_at(self, change: "ChangeSet", path: str, offset: int, data: bytes) -> None:
-        """Random-access write; creates the file if missing, zero-fills gaps."""
+        """Random-access write; creates the file if missing, zero-fills gaps.
+
+        Like ``truncate``, takes the writer lock before reading the old
+        content.  The new bytes stay buffered (outside the byte budget: they
+        are already in memory, and waiting for budget while holding the
+        writer lock could stall every writer of the collection) until
+        ``ChangeSet.flush`` packs them; data over 64 MiB is cut into several
+        buffers so that no block exceeds the Keep limit.
+        """
+        if offset < 0:
+            raise ValueError("negative offset")
         parts = split_path(path)
         self._check_writable(parts)
+        change.acquire(self)
         with self._lock:
             try:
                 segs = self._walk(parts)
@@ -483,10 +551,10 @@ class CollectionTree:
         new: list[tuple] = list(slice_segments(segs, 0, min(offset, cur)))
         if offset > cur:
             new += _zero_segments(offset - cur, self.budget)
-        if data:
-            buf = BufferBlock(self.budget, data)
-            buf.reserved = 0
-            new.append((buf, 0, len(data)))
+        mv = memoryview(data)
+        for i in range(0, len(mv), MAX_BLOCK_SIZE):
+            piece = mv[i : i + MAX_BLOCK_SIZE]
+            new.append((BufferBlock(None, piece), 0, len(piece)))
         new += slice_segments(segs, offset + len(data), cur)
         self.put_file(change, path, merge(new))
 
@@ -543,12 +611,15 @@ class CollectionTree:
     def walk_files(self, path: str = "") -> Iterator[tuple[str, Segments]]:
         """Every file under ``path`` (loads the subtree)."""
         parts = split_path(path)
+        # Collect under the lock, yield without it: a generator suspended at
+        # a yield inside ``with self._lock`` would hold the lock for as long
+        # as its consumer pleases (or forever, if abandoned).
         with self._lock:
             node = self._walk(parts)
             if type(node) is not DirNode:
-                yield "/".join(parts), node
-                return
-            items = list(self._materialize_items(node, "/".join(parts)))
+                items = [("/".join(parts), node)]
+            else:
+                items = list(self._materialize_items(node, "/".join(parts)))
         yield from items
 
     def _materialize_items(self, node: DirNode, prefix: str) -> Iterator[tuple[str, Segments]]:
@@ -600,10 +671,18 @@ class ChangeSet:
             return
         if not tree.writer.acquire(timeout=self._lock_timeout):
             raise BusyError("collection is busy; try again")
+        tree._writer_thread = threading.get_ident()
         self._locked.append(tree)
 
     def lock_trees(self, *trees: CollectionTree) -> None:
-        """Take several writer locks in a deadlock-free (UUID) order."""
+        """Take several writer locks in a deadlock-free (UUID) order.
+
+        Call it before the change's first mutation: two requests locking the
+        same pair of collections then always wait in the same direction.
+        (Locks this change already holds are kept, not re-ordered; if that
+        breaks the order, the acquire timeout turns a deadlock into a
+        BusyError rather than a hang.)
+        """
         for t in sorted(trees, key=lambda t: (t.uuid, id(t))):
             self.acquire(t)
 
@@ -664,7 +743,10 @@ class ChangeSet:
                 rf[target] = ""
             elif kind in ("copy", "move"):
                 rf[target] = "current/" + arg
-                if kind == "move":
+                if kind == "move" and not arg.startswith(path + "/"):
+                    # Moving a/b onto its ancestor a: replacing a already
+                    # drops a/b, and a delete target nested in a non-empty
+                    # target would be rejected by the catalog.
                     rf["/" + arg] = ""
             else:
                 rf[target] = "manifest_text/" + path
@@ -681,6 +763,9 @@ class ChangeSet:
             if not fresh:
                 tree.stale = True
         self._ops = [op for op in self._ops if op[1] is not tree]
+        # The change is durable for this tree: a later rollback (another tree
+        # of the same request failed) must not undo it locally.
+        self._undo = [u for u in self._undo if u[0] is not tree]
 
     def rollback(self) -> None:
         """Undo every mutation, newest first, and forget the operations."""
@@ -695,7 +780,8 @@ class ChangeSet:
         self._ops.clear()
 
     def _undo_all(self) -> None:
-        for parent, name, old, old_mtime, old_tail in reversed(self._undo):
+        for tree, parent, name, old, old_mtime, old_tail in reversed(self._undo):
+            tree._gen += 1
             ch = parent.children
             if ch is None:
                 continue
@@ -712,10 +798,19 @@ class ChangeSet:
         self._undo.clear()
 
     def release(self) -> None:
-        """Drop the writer locks (after commit or rollback)."""
-        self._undo.clear()
+        """Drop the writer locks (after commit or rollback).
+
+        Anything neither committed nor rolled back by then is rolled back
+        first: the catalog never saw it, so keeping it would make the cached
+        tree disagree with the catalog while looking clean.
+        """
+        if self._undo:
+            self.rollback()
+        self._ops.clear()
         while self._locked:
-            self._locked.pop().writer.release()
+            tree = self._locked.pop()
+            tree._writer_thread = None
+            tree.writer.release()
 
 
 def pack_and_store(buffers: list[BufferBlock], store: BlockStore, flusher: Flusher) -> None:
