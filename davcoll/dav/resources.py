@@ -61,6 +61,18 @@ def content_type_for(name: str) -> str:
     return ct
 
 
+# Characters WsgiDAV percent-encodes in hrefs although RFC 3986 allows them
+# in a path segment.  "=" and "+" occur in /c=<id>/, /t=<token>/ and PDHs,
+# and an encoded reserved character makes a different URI (RFC 3986 2.2):
+# cadaver (neon) could not open such URLs ("Did not find a collection").
+_HREF_SAFE = "/!*'(),$-_|.=+:@~"
+
+
+def href_of(res) -> str:
+    prov = res.provider
+    return quote(prov.mount_path + prov.share_path + res.get_preferred_path(), safe=_HREF_SAFE)
+
+
 def change_of(environ: dict) -> ChangeSet:
     """The request's change set (created on first use)."""
     ch = environ.get("davcoll.change")
@@ -91,6 +103,8 @@ class _Mixin:
 
     def _forget_resolution(self) -> None:
         self.environ.pop("davcoll.res_cache", None)
+
+    get_href = href_of
 
     def get_property_value(self, name: str):
         # RFC 4918 15.6: getetag holds the entity-tag as in the ETag header,
@@ -242,6 +256,8 @@ class TopResource(DAVCollection):
         super().__init__(path, environ)
         self.loc = loc
 
+    get_href = href_of
+
     def get_ref_url(self) -> str:
         return "/"
 
@@ -308,6 +324,8 @@ class ByIdResource(DAVCollection):
     def __init__(self, path: str, environ: dict, loc: "Location") -> None:
         super().__init__(path, environ)
         self.loc = loc
+
+    get_href = href_of
 
     def get_ref_url(self) -> str:
         return "/by_id"
