@@ -118,8 +118,13 @@ def table(rows: list[Row]) -> str:
     lines = []
     body = []
     for r in rows:
-        body.append((r.scenario, r.workload, r.metric, fmt(med(r.davcoll)), fmt_spread(r.davcoll),
-                     fmt(med(r.reference)), fmt_spread(r.reference), fmt(r.bound), fmt(r.ratio), r.ratio_of,
+        if r.metric == "count":  # totals over the repetitions, not medians
+            d, ds = (str(int(sum(r.davcoll))), "") if r.davcoll else ("", "")
+            f, fs = (str(int(sum(r.reference))), "") if r.reference else ("", "")
+        else:
+            d, ds = fmt(med(r.davcoll)), fmt_spread(r.davcoll)
+            f, fs = fmt(med(r.reference)), fmt_spread(r.reference)
+        body.append((r.scenario, r.workload, r.metric, d, ds, f, fs, fmt(r.bound), fmt(r.ratio), r.ratio_of,
                      r.target, r.verdict))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(HEADER)]
     lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(HEADER, widths)) + " |")
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print("davcoll/reference: median of the repetitions; ±: (max - min) / median; bound: md5 rate of one core "
-          "(same run); ratio of speeds (for times: reference time ÷ davcoll time).")
+          "(same run); ratio of speeds (for times: reference time ÷ davcoll time); counts are totals.")
     for r in rows:
         if r.note:
             print(f"  {r.scenario}: {r.note}")

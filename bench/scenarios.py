@@ -52,12 +52,15 @@ class Sizes:
     par_files: int
     par_size: int
     md5_bytes: int
+    arv_big: int  # scenario 10's big file (the fake cluster keeps blocks in memory)
 
 
 FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns=(0, 10_000, 100_000), s4_puts=40,
-             s5_files=10_000, s7_files=1_000_000, par_clients=16, par_files=64, par_size=256 << 10, md5_bytes=512 * MIB)
-QUICK = Sizes(big=128 * MIB, huge=512 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
-              s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB)
+             s5_files=10_000, s7_files=1_000_000, par_clients=16, par_files=64, par_size=256 << 10, md5_bytes=512 * MIB,
+             arv_big=1 << 30)
+QUICK = Sizes(big=128 * MIB, huge=256 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
+              s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB,
+              arv_big=64 * MIB)
 
 
 def human_size(n: int) -> str:
@@ -240,9 +243,9 @@ def embedded_and_reference(ctx: Ctx, name: str, **kw) -> Iterator[list[ServerPro
 # Measurements shared by the embedded scenarios and scenario 10
 
 
-def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g") -> dict[str, list[float]]:
+def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g", size: int | None = None) -> dict[str, list[float]]:
     """MB/s of GETs of one ``big`` file (written first, verified once untimed)."""
-    size = ctx.sizes.big
+    size = size or ctx.sizes.big
     payload = Payload(1, size)
     want = payload.md5()
     for srv in servers:
@@ -266,9 +269,10 @@ def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g") -> dict[st
     return out
 
 
-def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p") -> dict[str, dict[str, list[float]]]:
+def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p",
+                size: int | None = None) -> dict[str, dict[str, list[float]]]:
     """MB/s of PUTs of a ``big`` file, with Content-Length and chunked (1 MiB chunks)."""
-    size = ctx.sizes.big
+    size = size or ctx.sizes.big
     out: dict[str, dict[str, list[float]]] = {s.name: {"length": [], "chunked": []} for s in servers}
     for srv in servers:
         mkcol(srv, f"/{coll}/")
@@ -380,6 +384,8 @@ def measure_parallel(ctx: Ctx, servers: list[ServerProc]) -> dict[str, dict[str,
             out[srv.name]["get"].append(res["get_mbps"])
             out[srv.name]["errors"].append(len(res["errors"]))
             if res["errors"]:
+                ctx.extra.setdefault("parallel_errors", []).append(
+                    {"server": srv.name, "url": srv.url, "rep": rep, "errors": res["errors"][:50]})
                 ctx.log(f"{srv.name}: {len(res['errors'])} errors, first: {res['errors'][:3]}")
     return out
 
@@ -694,14 +700,14 @@ def s10_arvados(ctx: Ctx) -> list[Row]:
     rows: list[Row] = []
     with arvados_davcoll(ctx, "s10") as srv:
         ctx.log("s10: GET")
-        g = measure_get(ctx, [srv])["davcoll"]
+        g = measure_get(ctx, [srv], size=s.arv_big)["davcoll"]
         ctx.log("s10: PUT")
-        p = measure_put(ctx, [srv])["davcoll"]
+        p = measure_put(ctx, [srv], size=s.arv_big)["davcoll"]
         ctx.log("s10: small PUTs")
         sm = measure_small_puts(ctx, [srv])["davcoll"]
         ctx.log("s10: parallel")
         par = measure_parallel(ctx, [srv])["davcoll"]
-    size = human_size(s.big)
+    size = human_size(s.arv_big)
     what = f"{s.par_clients} clients × {s.par_files} × {human_size(s.par_size)}"
     note = "Arvados backend, fake cluster (2 keepstores, Python) on the same machine"
     rows.append(Row("10.1", f"Arvados: GET {size} file", "MB/s", g, bound=b, note=note))
