@@ -66,6 +66,7 @@ class SyncMiddleware(BaseMiddleware):
         props = environ.get("davcoll.props_update")
         sess = environ.get("davcoll.session")
         t0 = time.monotonic()
+        trees = change.trees if change is not None else []  # commit releases them
         try:
             if change is not None:
                 sess.commit(change)
@@ -87,6 +88,9 @@ class SyncMiddleware(BaseMiddleware):
             raise DAVError(HTTP_INTERNAL_ERROR, context_info="commit failed") from e
         if self.metrics is not None and change is not None:
             self.metrics.observe_sync(time.monotonic() - t0)
+        provider = environ.get("wsgidav.provider")
+        if trees and hasattr(provider, "after_commit"):
+            provider.after_commit(sess, trees)
 
     @staticmethod
     def _abandon(environ: dict) -> None:
