@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import random
 import re
 import struct
@@ -86,6 +87,38 @@ def md5_rate(total: int, seed: int = 1) -> float:
                 break
     h.hexdigest()
     return done / (time.perf_counter() - t0)
+
+
+def disk_write_rate(directory: str, total: int, seed: int = 2) -> float:
+    """Bytes/s of writing ``total`` bytes sequentially (1 MiB writes) plus one fdatasync."""
+    path = f"{directory}/.disk-write-probe-{seed}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        t0 = time.perf_counter()
+        for head, body in Payload(seed, total).pieces():
+            os.write(fd, head)
+            os.write(fd, body)
+        os.fdatasync(fd)
+        return total / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def fsync_rate(directory: str, count: int = 200) -> float:
+    """Durable small writes per second: create a file, write 4 KiB, fsync, close."""
+    data = Payload(3, 4096).bytes()
+    paths = [f"{directory}/.fsync-probe-{i}" for i in range(count)]
+    t0 = time.perf_counter()
+    for p in paths:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+    rate = count / (time.perf_counter() - t0)
+    for p in paths:
+        os.unlink(p)
+    return rate
 
 
 @dataclass

@@ -35,5 +35,5 @@ def test_bench_quick_prints_a_table(tmp_path):
     assert float(cells[3]) > 0 and float(cells[5]) > 0  # davcoll and reference medians
     assert cells[-1] in ("pass", "MISS")
     data = json.loads(out_json.read_text())
-    assert [r["scenario"] for r in data["rows"]] == ["0", "3"]
+    assert [r["scenario"] for r in data["rows"]] == ["0a", "0b", "0c", "3"]
     assert not data["failures"]
