@@ -73,7 +73,10 @@ def _token(args: argparse.Namespace) -> int:
     from .storage.local_catalog import db_path_for
     from .storage.local_tokens import LocalTokenStore
 
+    from pathlib import Path
+
     cfg = load_config(args.config, data_dir=args.data_dir)
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     store = LocalTokenStore(db_path_for(cfg.data_dir))
     try:
         if args.tcmd == "create":

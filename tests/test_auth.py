@@ -299,3 +299,14 @@ def test_tokens_never_in_logs(tmp_path):
     for label, secret in secrets.items():
         for needle in (secret, secret[:16], secret[-16:], b64(f"someone:{secret}".encode()), b64(f"u:{secret}".encode())):
             assert needle not in log, f"{label} token found in the log"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PROPFIND", "MKCOL"])
+def test_path_token_never_echoed_in_error_bodies(srv, coll, method):
+    """Error pages quote the request path; a path token must not appear."""
+    for token in (srv.rw, srv.ro, "bogus-token-1234567890"):
+        r = requests.request(method, srv.u(f"t={token}/no-such-collection/x/y"), timeout=10,
+                             headers={"Depth": "0"})
+        assert r.status_code >= 400
+        assert token not in r.text
+        assert token not in "".join(f"{k}: {v}" for k, v in r.headers.items())

@@ -45,6 +45,17 @@ def redact(path: str) -> str:
     return _TOKEN_IN_PATH.sub(r"\1t=***", path)
 
 
+def _path_token(path: str) -> bytes:
+    """The raw bytes of a ``/t=<token>/`` path token (to mask in error pages)."""
+    if not path.startswith("/t="):
+        return b""
+    token = path[3:].split("/", 1)[0]
+    try:
+        return token.encode("latin-1") if len(token) >= 4 else b""
+    except UnicodeEncodeError:
+        return b""
+
+
 def _plain(start_response: Callable, status: int, reason: str, headers: list | None = None) -> list[bytes]:
     body = f"{status} {STATUS_TEXT.get(status, '')}: {reason}\n".encode()
     start_response(
@@ -103,10 +114,13 @@ class RequestGuard:
             self._protect_connection(environ, inp, headers)
             return start_response(status, headers, exc_info)
 
+        secret = _path_token(raw_path)
         try:
             it = self._route(environ, sr, method, raw_path)
             for chunk in it:
                 result["out"] += len(chunk)
+                if secret and result["status"] >= 400:
+                    chunk = chunk.replace(secret, b"*" * len(secret))  # same length: Content-Length holds
                 yield chunk
             if hasattr(it, "close"):
                 it.close()
