@@ -10,12 +10,14 @@ many idle keep-alive connections and a cap on header size.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 
 from . import __version__
@@ -126,6 +128,75 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     return App(wsgi=guard, sessions=sessions, backend=backend, metrics=metrics, config=cfg)
 
 
+# --- stricter HTTP framing than cheroot's defaults ---------------------------
+# cheroot keeps the last of several Content-Length lines, accepts "+5" and
+# Content-Length together with Transfer-Encoding (body read as chunked), and
+# parses chunk sizes with int(x, 16), so "-5" ends the body early (an empty
+# file was stored for a malformed upload) and "0x", "_" or "+" pass.  Those
+# are request-smuggling and data-integrity hazards (RFC 7230 3.3.2, 3.3.3,
+# 4.1): refuse them.  Header problems raise ValueError inside cheroot's header
+# reader, which answers 400 itself; a bad chunk-size line raises ValueError
+# from wsgi.input, so the upload fails and nothing is stored.
+
+
+class _OneContentLength(dict):
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if key == b"Content-Length" and key in self:
+            raise ValueError("more than one Content-Length header")
+        super().__setitem__(key, value)
+
+
+class _StrictHeaderReader(cheroot_server.HeaderReader):
+    def __call__(self, rfile, hdict=None):
+        headers = super().__call__(rfile, _OneContentLength())
+        cl = headers.get(b"Content-Length")
+        if cl is not None and not cl.isdigit():
+            raise ValueError("malformed Content-Length header")
+        if cl is not None and b"Transfer-Encoding" in headers:
+            raise ValueError("both Content-Length and Transfer-Encoding")
+        if hdict is None:
+            return dict(headers)
+        hdict.update(headers)
+        return hdict
+
+
+class _StrictRequest(cheroot_server.HTTPRequest):
+    header_reader = _StrictHeaderReader()
+
+
+class _StrictConnection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _StrictRequest
+
+
+_CHUNK_SIZE_LINE = re.compile(rb"[0-9A-Fa-f]{1,15}(;[^\r\n]*)?\r\n")
+
+
+class _ChunkLines:
+    """The connection's input as cheroot's ChunkedRFile sees it: it reads
+    chunk-size lines with readline(), which must be hex digits (at most
+    15, so a size stays below 2**60) and an optional extension."""
+
+    def __init__(self, rfile) -> None:
+        self._rfile = rfile
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._rfile.readline()
+        if not _CHUNK_SIZE_LINE.fullmatch(line):
+            raise ValueError("malformed chunk-size line in chunked request body")
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return self._rfile.read(size)
+
+
+class _Gateway(cheroot_wsgi.Gateway_10):
+    def get_environ(self):
+        req = self.req
+        if req.chunked_read:
+            req.rfile = cheroot_server.ChunkedRFile(_ChunkLines(req.conn.rfile), req.server.max_request_body_size)
+        return super().get_environ()
+
+
 def make_server(app: App, host: str, port: int, *, threads: int = 64, timeout: int = 300) -> cheroot_wsgi.Server:
     server = cheroot_wsgi.Server(
         (host, port),
@@ -137,6 +208,8 @@ def make_server(app: App, host: str, port: int, *, threads: int = 64, timeout: i
     )
     server.keep_alive_conn_limit = 256
     server.max_request_header_size = 64 * 1024
+    server.ConnectionClass = _StrictConnection
+    server.gateway = _Gateway
     cfg = app.config
     if cfg.tls_cert and cfg.tls_key:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
