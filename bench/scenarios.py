@@ -54,14 +54,15 @@ class Sizes:
     par_size: int
     md5_bytes: int
     arv_big: int  # scenario 10's big file (the fake cluster keeps blocks in memory)
+    warm_puts: int  # small PUTs before timing small PUTs (scenarios 3, 4)
 
 
 FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns=(0, 10_000, 100_000), s4_puts=40,
              s5_files=10_000, s7_files=1_000_000, par_clients=16, par_files=64, par_size=256 << 10, md5_bytes=512 * MIB,
-             arv_big=1 << 30)
+             arv_big=512 * MIB, warm_puts=600)
 QUICK = Sizes(big=128 * MIB, huge=256 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
               s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB,
-              arv_big=64 * MIB)
+              arv_big=64 * MIB, warm_puts=200)
 
 
 def human_size(n: int) -> str:
@@ -292,16 +293,24 @@ def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p",
     return out
 
 
+def warm_puts(srv: ServerProc, count: int, size: int = 4096) -> None:
+    """Small PUTs into a warm-up collection: connection set-up, first-use code
+    paths and on-disk directories (davcoll's 256 block fan-out directories are
+    created, with an fsync each, on first use), so that timed runs see the
+    steady state of a server that has been in use."""
+    mkcol(srv, "/warm/")
+    c = client(srv)
+    for i in range(count):
+        expect(c.put_payload(f"/warm/w{i:05d}.bin", Payload(-1 - i, size)), 201, 204, what=f"{srv.name} warm PUT")
+    c.close()
+
+
 def measure_small_puts(ctx: Ctx, servers: list[ServerProc]) -> dict[str, list[float]]:
     """Requests/s of ``small_count`` sequential small PUTs on one keep-alive connection."""
     n, size = ctx.sizes.small_count, ctx.sizes.small_size
     out: dict[str, list[float]] = {s.name: [] for s in servers}
-    for srv in servers:  # warm-up: connection set-up, imports, first collection
-        mkcol(srv, "/small_warm/")
-        c = client(srv)
-        for i in range(20):
-            expect(c.put_payload(f"/small_warm/w{i}.bin", Payload(i, size)), 201, 204, what=f"{srv.name} PUT")
-        c.close()
+    for srv in servers:
+        warm_puts(srv, ctx.sizes.warm_puts)
     for rep in range(ctx.repeat):
         for srv in alternate(rep, servers):
             coll = f"/small_{rep}/"
@@ -485,22 +494,30 @@ def s4_put_latency(ctx: Ctx) -> list[Row]:
         if 0 in ns:  # an empty collection has no directories yet
             mkcol(servers[0], f"/n0/{target.split('/')[0]}/")
             mkcol(servers[0], f"/n0/{target}/")
+        for srv in servers:  # warm-up: connections, code paths, block fan-out directories
+            warm_puts(srv, ctx.sizes.warm_puts)
         for rep in range(ctx.repeat):
-            for key in keys:
-                for srv in alternate(rep, servers):
+            for srv in alternate(rep, servers):
+                # One connection per case, PUTs interleaved across the cases, so
+                # that slow phases of the disk hit every N alike.
+                conns = {key: client(srv) for key in keys}
+                lat: dict[str, list[float]] = {key: [] for key in keys}
+                for key, c in conns.items():
                     base = f"/{key}/{target}/"
-                    c = client(srv)
                     expect(c.propfind(base, "0"), 207, what=f"{srv.name} PROPFIND")  # opens the collection
                     expect(c.put_payload(f"{base}warm_{rep}.bin", Payload(7, s.small_size)), 201, 204, what="PUT")
-                    lat = []
-                    for i in range(s.s4_puts):
-                        r = c.put_payload(f"{base}new_{rep}_{i:04d}.bin", Payload(rep * 10_000 + i, s.small_size))
+                for i in range(s.s4_puts):
+                    order = keys if i % 2 == 0 else keys[::-1]
+                    for key in order:
+                        r = conns[key].put_payload(f"/{key}/{target}/new_{rep}_{i:04d}.bin",
+                                                   Payload(rep * 10_000 + i, s.small_size))
                         expect(r, 201, 204, what=f"{srv.name} PUT into {key}")
-                        lat.append(r.seconds * 1000)
+                        lat[key].append(r.seconds * 1000)
+                for key, c in conns.items():
                     c.close()
-                    lat.sort()
-                    p50[srv.name][key].append(statistics.median(lat))
-                    p90[srv.name][key].append(lat[int(0.9 * (len(lat) - 1))])
+                    xs = sorted(lat[key])
+                    p50[srv.name][key].append(statistics.median(xs))
+                    p90[srv.name][key].append(xs[int(0.9 * (len(xs) - 1))])
     ctx.extra["s4_p50_ms"] = p50
     ctx.extra["s4_p90_ms"] = p90
     rows = []
