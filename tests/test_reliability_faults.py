@@ -491,7 +491,7 @@ def fault_cycle(env: Env, names: list[str], table: dict, target: Callable[[], An
 
     one_round(0)  # warm-up: pools, caches, lazily created state
     gc.collect()
-    tracemalloc.start(25)
+    tracemalloc.start(16)
     try:
         base, _ = tracemalloc.get_traced_memory()
         for rnd in range(1, 6):
@@ -503,7 +503,7 @@ def fault_cycle(env: Env, names: list[str], table: dict, target: Callable[[], An
             [tracemalloc.Filter(False, "*fake_arvados.py", all_frames=True),
              tracemalloc.Filter(False, tracemalloc.__file__)]
         )
-        grown = sum(s.size for s in snap.statistics("filename")) - 0
+        grown = sum(s.size for s in snap.statistics("filename"))
     finally:
         tracemalloc.stop()
     top = "\n".join(str(s) for s in snap.statistics("lineno")[:8])
