@@ -301,19 +301,11 @@ class SlowDiscardingStore(BlockStore):
         return locator in self.stored
 
 
-@pytest.mark.parametrize(
-    "writers,limit,chunk",
-    [
-        (6, 8 << 20, 256 << 10),  # the brief: 8 MiB budget, 1 MiB blocks, 50 MiB each
-        (8, 4 << 20, 700 << 10),  # partial blocks alone exceed the budget
-    ],
-    ids=["8MiB-6writers", "4MiB-8writers-partial-blocks"],
-)
-def test_budget_bounds_buffered_bytes_and_writers_finish(writers, limit, chunk):
-    store = SlowDiscardingStore(delay=0.01)
-    budget = ByteBudget(limit)
-    per_writer = 50 << 20
-    payload = bytes(range(256)) * (chunk // 256)
+def _stream_writers(store, budget, writers: int, per_writer: int, chunk: int, first: int = 0, gate=None, timeout: float = 30) -> tuple[list[tuple], int]:
+    """Run ``writers`` concurrent FileWriters (1 MiB blocks) streaming
+    ``per_writer`` bytes each; sample ``budget.used`` throughout.  Returns
+    the segment tuples and the peak of buffered bytes seen."""
+    payload = bytes(range(256)) * (chunk // 256 + 1)
     done = threading.Event()
     peak = [0]
     results: list[tuple] = []
@@ -325,11 +317,13 @@ def test_budget_bounds_buffered_bytes_and_writers_finish(writers, limit, chunk):
 
     def writer(seed: int) -> None:
         w = FileWriter(store, FLUSHER, budget, block_size=1 << 20)
-        first = bytes([seed]) * 1000  # distinct content per writer
-        w.write(first)
-        sent = len(first)
+        head = bytes([seed]) * (first or 1000)  # distinct content per writer
+        w.write(head)
+        if gate is not None:
+            gate()
+        sent = len(head)
         while sent < per_writer:
-            piece = payload[: per_writer - sent]
+            piece = payload[: min(chunk, per_writer - sent)]
             w.write(piece)
             sent += len(piece)
         segs = w.close()
@@ -339,24 +333,50 @@ def test_budget_bounds_buffered_bytes_and_writers_finish(writers, limit, chunk):
     s = threading.Thread(target=sampler, daemon=True)
     s.start()
     try:
-        run_threads([lambda i=i: writer(i) for i in range(writers)], timeout=60)
+        run_threads([lambda i=i: writer(i) for i in range(writers)], timeout=timeout)
     finally:
         done.set()
         s.join()
     assert len(results) == writers
-    assert peak[0] <= limit, f"budget exceeded: {peak[0]} > {limit}"
-    assert peak[0] > 0
-    assert budget.used == 0
-    early = 0  # blocks sent before they were full (budget exhausted)
     for segs in results:
         assert size_of(segs) == per_writer
         assert all(type(seg[0]) is str or seg[0].locator in store.stored for seg in segs)
         assert all(seg[2] <= 1 << 20 for seg in segs)
-        early += sum(1 for seg in segs[:-1] if seg[2] < 1 << 20)
-    if writers * chunk > limit:
-        # The scenario really happened: writers holding partial blocks
-        # found the budget exhausted and sent them early to make progress.
-        assert early > 0
+    return results, peak[0]
+
+
+def test_budget_bounds_buffered_bytes_of_concurrent_writers():
+    """8 MiB budget, 1 MiB blocks, six writers of 50 MiB through a store
+    that takes 10 ms per put: buffered bytes never exceed the budget."""
+    store = SlowDiscardingStore(delay=0.01)
+    budget = ByteBudget(8 << 20)
+    _, peak = _stream_writers(store, budget, writers=6, per_writer=50 << 20, chunk=256 << 10)
+    assert 0 < peak <= 8 << 20
+    assert budget.used == 0
+
+
+def test_no_deadlock_when_every_writer_holds_a_partial_block():
+    """Six writers each hold 650 KiB of an unfinished 1 MiB block: together
+    3900 KiB of a 4 MiB budget, with nothing in flight to free room.  Two
+    more writers wait for room, and the six need more for their next chunk.
+    Progress depends on a waiting writer sending its partial block early
+    (a shorter block is fine); without that this would hang forever."""
+    store = SlowDiscardingStore(delay=0.02)
+    limit = 4 << 20
+    first = 650 << 10
+    budget = ByteBudget(limit)
+
+    def gate() -> None:
+        # Hold on to the partial block until six of them fill the budget.
+        deadline = time.monotonic() + 5
+        while budget.used < 6 * first and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    results, peak = _stream_writers(store, budget, writers=8, per_writer=20 << 20, chunk=first, first=first, gate=gate)
+    assert peak <= limit
+    assert budget.used == 0
+    early = sum(1 for segs in results for seg in segs[:-1] if seg[2] < 1 << 20)
+    assert early > 0  # the scenario really happened
 
 
 def test_budget_waits_instead_of_failing():
