@@ -33,12 +33,30 @@ class BadCredentials(Exception):
     """The request carried a credential we could not parse."""
 
 
+def path_token_width(parts: list[str]) -> int:
+    """How many leading path components a ``t=<token>`` prefix occupies.
+
+    One, or three for an Arvados v2 token pasted with its slashes
+    (``t=v2/<uuid>/<secret>``).  Zero when there is no path token.
+    """
+    if not parts or not parts[0].startswith("t="):
+        return 0
+    return 3 if parts[0] == "t=v2" and len(parts) >= 3 else 1
+
+
+def split_path_token(path: str) -> tuple[str | None, str]:
+    """``(token, remaining path)`` for a leading ``/t=<token>/`` prefix."""
+    parts = path.split("/")[1:] if path.startswith("/") else path.split("/")
+    width = path_token_width(parts)
+    if width == 0:
+        return None, path
+    token = "/".join(parts[:width])[2:]
+    return (token or None), "/" + "/".join(parts[width:])
+
+
 def token_from_path(path: str) -> str | None:
-    """The token of a leading ``/t=<token>/`` component, if present."""
-    if path.startswith("/t="):
-        comp = path[3:].split("/", 1)[0]
-        return comp or None
-    return None
+    """The token of a leading ``/t=<token>/`` prefix, if present."""
+    return split_path_token(path)[0]
 
 
 def extract_token(environ: dict) -> str | None:

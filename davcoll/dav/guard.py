@@ -19,6 +19,10 @@ import time
 from typing import Any, Callable, Iterable
 
 from defusedxml import DefusedXmlException
+from wsgidav.dav_error import HTTP_BAD_REQUEST, DAVError
+
+from .headers import classify_range, valid_if_header
+from .auth import split_path_token
 from defusedxml.ElementTree import fromstring as safe_fromstring
 from xml.etree.ElementTree import ParseError
 
@@ -28,8 +32,9 @@ XML_BODY_METHODS = frozenset({"PROPFIND", "PROPPATCH", "LOCK"})
 MAX_XML_BODY = 1 << 20
 DRAIN_LIMIT = 8 << 20
 _ENCODED_BAD = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
-_TOKEN_IN_PATH = re.compile(r"(^|/)t=[^/]*")
-_ZERO_SUFFIX = re.compile(r"\s*-0+\s*")
+# A path token is one component, or three for a v2 token written with its
+# slashes (t=v2/<uuid>/<secret>).
+_TOKEN_IN_PATH = re.compile(r"(^|/)t=(?:v2/[^/]*/)?[^/]*")
 
 STATUS_TEXT = {
     400: "Bad Request",
@@ -49,7 +54,7 @@ def _path_token(path: str) -> bytes:
     """The raw bytes of a ``/t=<token>/`` path token (to mask in error pages)."""
     if not path.startswith("/t="):
         return b""
-    token = path[3:].split("/", 1)[0]
+    token = split_path_token(path)[0] or ""
     try:
         return token.encode("latin-1") if len(token) >= 4 else b""
     except UnicodeEncodeError:
@@ -66,15 +71,29 @@ def _plain(start_response: Callable, status: int, reason: str, headers: list | N
 
 
 class CountingInput:
-    """Wraps wsgi.input to count bytes and tell whether the body was consumed."""
+    """Wraps wsgi.input to count bytes and tell whether the body was consumed.
+
+    A body that cannot be read (the client stalled past the socket timeout,
+    went away, or sent broken chunked framing) becomes a 408/400 DAVError
+    instead of an exception WsgiDAV would turn into a 500; the connection is
+    then closed because the stream position is lost.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.count = 0
         self.eof = False
+        self.broken = False
 
     def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size) if size is not None and size >= 0 else self.inner.read()
+        try:
+            data = self.inner.read(size) if size is not None and size >= 0 else self.inner.read()
+        except TimeoutError:
+            self.broken = True
+            raise DAVError(408, context_info="request body timed out; nothing was changed") from None
+        except (OSError, ValueError) as e:
+            self.broken = True
+            raise DAVError(HTTP_BAD_REQUEST, context_info=f"request body could not be read ({type(e).__name__}); nothing was changed") from None
         self.count += len(data)
         if not data or size is None or size < 0:
             self.eof = True
@@ -189,19 +208,20 @@ class RequestGuard:
                 return 403, "PROPFIND with Depth: infinity is disabled", "propfind"
         rng = environ.get("HTTP_RANGE")
         if rng is not None:
-            unit, sep, spec = rng.partition("=")
-            if not sep or unit.strip().lower() != "bytes":
-                # RFC 9110 14.2: ignore a Range in a unit we do not know
-                # (WsgiDAV read any unit as bytes).
+            kind = classify_range(rng)
+            if kind in ("ignore", "multi"):
+                # Another unit must be ignored (RFC 9110 14.2).  For several
+                # ranges WsgiDAV would serve only the last one; the whole
+                # body (200) is the other answer the RFC allows.
                 del environ["HTTP_RANGE"]
-            elif "," in spec:
-                # WsgiDAV would serve only the last range; the whole body (200)
-                # is the other correct answer RFC 7233 allows.
-                del environ["HTTP_RANGE"]
-            elif _ZERO_SUFFIX.fullmatch(spec):
-                # "-0" selects no bytes: unsatisfiable.  WsgiDAV sent a 206
-                # with "bytes 1000-999/1000"; an empty spec makes it say 416.
+            elif kind == "unsatisfiable":
+                # "-0" or a malformed set ("5-2": WsgiDAV read it as the
+                # suffix "-2"; "-0": it sent "bytes 1000-999/1000"): an empty
+                # spec makes WsgiDAV answer 416.
                 environ["HTTP_RANGE"] = "bytes="
+        if_header = environ.get("HTTP_IF")
+        if if_header is not None and not valid_if_header(if_header):
+            return 400, "malformed If header", ""
         if method in XML_BODY_METHODS:
             return self._check_xml_body(environ)
         return None
@@ -233,7 +253,8 @@ class RequestGuard:
                 safe_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
             except DefusedXmlException:
                 return 400, "DTDs and entities are not allowed in XML bodies", ""
-            except (ParseError, ValueError, SyntaxError):
+            except (ParseError, ValueError, SyntaxError, LookupError):
+                # LookupError: an XML declaration naming an unknown encoding.
                 return 400, "malformed XML body", ""
         environ["wsgi.input"] = CountingInput(io.BytesIO(body))
         environ["wsgi.input"].count = 0
@@ -251,13 +272,12 @@ class RequestGuard:
         tell cheroot nothing is left and close the connection instead.
         Unread chunked bodies are never drained by cheroot: close as well.
         """
-        if inp.eof:
+        if inp.eof and not inp.broken:
             return
-        raw = environ.get("wsgi.input")
-        inner = raw.inner if isinstance(raw, CountingInput) else raw
+        inner = inp.inner
         remaining = getattr(inner, "remaining", None)
         te = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        must_close = ("chunked" in te) or (remaining is not None and remaining > DRAIN_LIMIT)
+        must_close = inp.broken or ("chunked" in te) or (remaining is not None and remaining > DRAIN_LIMIT)
         if must_close:
             if remaining is not None:
                 try:

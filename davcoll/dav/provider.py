@@ -32,6 +32,7 @@ from ..manifest import is_portable_data_hash
 from ..session import Session, parse_time
 from ..storage.catalog import CatalogError, CollectionRecord
 from ..storage.catalog import NotFound as CatalogNotFound
+from .auth import path_token_width
 from .errors import dav_error
 from .junk import JunkStore
 from .props import DeadPropertyManager
@@ -165,8 +166,7 @@ class CollectionProvider(DAVProvider):
     def locate(self, path: str, environ: dict) -> Location | None:
         """Parse a share-relative path; None if it cannot name anything."""
         parts = [unicodedata.normalize("NFC", p) for p in path.split("/") if p]
-        if parts and parts[0].startswith("t="):
-            parts = parts[1:]
+        parts = parts[path_token_width(parts):]
         if not parts:
             return Location(kind="top")
         head = parts[0]
@@ -296,8 +296,7 @@ class CollectionProvider(DAVProvider):
     def is_snapshot_path(self, path: str) -> bool:
         """Whether a path addresses a collection by PDH (a read-only snapshot)."""
         parts = [p for p in path.split("/") if p]
-        if parts and parts[0].startswith("t="):
-            parts = parts[1:]
+        parts = parts[path_token_width(parts):]
         if len(parts) >= 2 and parts[0] == "by_id":
             ident = normalize_ident(parts[1])
         elif parts and parts[0].startswith("c="):

@@ -33,6 +33,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from ..collection import ChangeSet, CollectionTree, FsError, Stat
 from ..collection.segments import buffers_of, etag_of, size_of
+from ..collection.io import FileReader
 from ..collection.tree import pack_and_store
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
@@ -540,17 +541,24 @@ class DirResource(_Mixin, DAVCollection):
 
 
 class _UploadStream:
-    """What ``begin_write`` hands WsgiDAV: counts bytes into a FileWriter."""
+    """What ``begin_write`` hands WsgiDAV: counts bytes into a FileWriter.
+
+    A block-store failure surfacing mid-body is mapped here: WsgiDAV would
+    turn any non-DAVError into a 500.
+    """
 
     def __init__(self, writer) -> None:
         self.writer = writer
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        try:
+            self.writer.write(data)
+        except (FsError, BlockStoreError) as e:
+            raise dav_error(e) from e
 
     def writelines(self, chunks) -> None:
         for c in chunks:
-            self.writer.write(c)
+            self.write(c)
 
     def close(self) -> None:
         pass
@@ -567,6 +575,34 @@ def expected_upload_size(environ: dict) -> int | None:
         return int(raw)
     except ValueError:
         return None
+
+
+class _MappedReader:
+    """A FileReader whose storage errors become mapped DAVErrors.
+
+    WsgiDAV reads the body after the handler returned; the first read comes
+    before the first byte is sent, so a failing block gives the client a
+    clean 502/503 (a later failure can only cut the body short, which the
+    client sees as a short Content-Length).
+    """
+
+    def __init__(self, reader: FileReader) -> None:
+        self._r = reader
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._r.read(n)
+        except (FsError, BlockStoreError) as e:
+            raise dav_error(e) from e
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._r.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._r.tell()
+
+    def close(self) -> None:
+        self._r.close()
 
 
 class FileResource(_Mixin, DAVNonCollection):
@@ -623,9 +659,7 @@ class FileResource(_Mixin, DAVNonCollection):
 
     def get_content(self):
         assert self.loc.tree is not None
-        from ..collection.io import FileReader
-
-        return FileReader(self._snapshot(), self.loc.tree.store)
+        return _MappedReader(FileReader(self._snapshot(), self.loc.tree.store))
 
     def set_last_modified(self, dest_path, time_stamp, *, dry_run):
         return True  # accepted (Windows); manifests carry no per-file times
