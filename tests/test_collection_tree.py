@@ -1027,11 +1027,24 @@ def test_marshal_reuses_untouched_lines_when_trusted(store, monkeypatch):
     assert len(renders) == 6 * 3
 
 
-def test_trusted_flag_does_not_reuse_lines_that_reach_into_subdirectories(store):
-    loc = store.put(b"foo")
-    text = f". {loc} 0:3:d/f 0:3:g\n"
+@pytest.mark.parametrize(
+    "body",
+    [
+        ". {L} 0:3:d/f 0:3:g\n",  # the leaf d holds the root's line
+        "./d {L} 0:3:e/f\n./d/e {L} 0:3:x\n",
+        ". {L} 0:3:a\\057b\n",  # escaped slash: a path, not a name
+        "./p {L} 0:3:q/r/s 0:3:t\n./x {L} 0:3:y\n",
+    ],
+)
+def test_trusted_flag_does_not_reuse_lines_that_reach_into_subdirectories(store, body):
+    """The catalog may claim the normalized layout wrongly; a line whose
+    tokens reach into subdirectories must never be reused verbatim."""
+    text = body.replace("{L}", store.put(b"foo"))
+    expected = normalize_manifest(text)
+    assert make_tree(text, store=store, trusted_normalized=True).marshal() == expected
     tree = make_tree(text, store=store, trusted_normalized=True)
-    assert tree.marshal() == normalize_manifest(text) == f". {loc} 0:3:g\n./d {loc} 0:3:f\n"
+    list(tree.walk_files(""))
+    assert tree.marshal() == expected
 
 
 def test_marshal_of_unstored_data_is_refused(store):
@@ -1044,3 +1057,34 @@ def test_marshal_of_unstored_data_is_refused(store):
     assert tree.marshal().endswith(" 0:1:f\n")
     ch.rollback()
     ch.release()
+
+
+def test_trusted_reuse_renames_moved_and_copied_directories(store):
+    """Reused lines of moved/copied directories get their new stream name;
+    a loaded directory's line is reused by reference, not copied."""
+    files = {"a/f": b"1", "a/c/g": b"22", "a/c/d/h": b"333", "b/x y": b"4", "keep/k": b"5"}
+    text = build_manifest(store, files, dirs=("a/empty",))
+    tree = make_tree(text, store=store, trusted_normalized=True)
+    tree.listdir("a")  # loaded: tail refers to the index line
+    assert tree.root.children["a"].tail is tree_mod.FROM_INDEX
+    ch = ChangeSet()
+    tree.copy(ch, "a", "a copy")  # loaded dir, name needing escapes
+    tree.rename(ch, "a/c", "moved")  # unloaded subtree
+    tree.copy(ch, "b", "b2")
+    commit(tree, ch, text)
+    files_now, dirs_now = contents(tree)
+    assert files_now["a copy/c/d/h"] == b"333" and files_now["moved/d/h"] == b"333"
+    assert files_now["b2/x y"] == b"4" and "a/c" not in dirs_now and "a copy/empty" in dirs_now
+    m = tree.marshal()
+    assert "./a\\040copy " in m and "./moved/d " in m
+    assert make_tree(m, store=store, trusted_normalized=True).marshal() == m
+
+
+def test_plain_marshal_does_not_keep_directories_loaded(store):
+    files = {f"d{i}/f": b"x" for i in range(10)}
+    tree = make_tree(build_manifest(store, files), store=store)
+    tree.marshal()
+    assert loaded_dirs(tree) == set()
+    tree.listdir("d3")
+    tree.marshal()
+    assert loaded_dirs(tree) == {"", "d3"}

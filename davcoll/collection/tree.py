@@ -94,6 +94,13 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+#: ``DirNode.tail`` value meaning "the own-files line of ``src`` in the
+#: stream index is still exact": the line is reused by reference, so a loaded
+#: directory costs no second copy of its manifest text.
+_UNKNOWN: Any = object()
+FROM_INDEX: Any = type("_FromIndex", (), {"__repr__": lambda self: "FROM_INDEX", "__slots__": ()})()
+
+
 class DirNode:
     """A directory.  ``children`` is None until loaded from ``src``."""
 
@@ -101,12 +108,13 @@ class DirNode:
 
     def __init__(self, children: dict | None = None, src: str | None = None) -> None:
         self.children: dict[str, Any] | None = children
-        # Directory path in the source StreamIndex this node loads from.
+        # Directory path in the source StreamIndex this node loads from (and,
+        # once loaded, whose line ``tail == FROM_INDEX`` refers to).
         self.src = src
         # Cached stream line of this directory's own files *without* the
         # stream name (" <locators> <tokens>\n"), '' when it has no files,
-        # None when it must be rendered again.
-        self.tail: str | None = None
+        # FROM_INDEX (see there), or None when it must be rendered again.
+        self.tail: Any = None
         # Modification times of entries changed in this process.
         self.mtimes: dict[str, float] | None = None
 
@@ -156,6 +164,8 @@ class CollectionTree:
         # True when the stored manifest is known to be in our normalized
         # layout, so untouched directories' lines can be reused verbatim.
         self._trusted = trusted_normalized
+        # src -> _trusted_line verdict (the line itself, '' or None).
+        self._line_ok: dict[str, str | None] = {}
         self.root = DirNode(src="")
         self._lock = threading.RLock()
         # See the lock order in the module docstring (why a plain Lock).
@@ -185,12 +195,16 @@ class CollectionTree:
         ch = dict(files)
         for sub in self._index.children.get(src, ()):
             ch[sub] = DirNode(src=f"{src}/{sub}" if src else sub)
-        node.tail = self._trusted_tail(src)
+        line = self._trusted_line(src)
+        node.tail = None if line is None else (FROM_INDEX if line else "")
         node.children = ch
         return ch
 
-    def _trusted_tail(self, src: str) -> str | None:
-        """The cached own-files line of an untouched directory, if reusable."""
+    def _trusted_line(self, src: str) -> str | None:
+        """The stored own-files line of directory ``src`` if it can be reused
+        verbatim: '' when the directory has no files (no line, or only an
+        empty-directory marker), None when it must be rendered (the catalog
+        does not vouch for our layout, or the line is not in it)."""
         if not self._trusted:
             return None
         lines = self._index.lines.get(src)
@@ -198,13 +212,42 @@ class CollectionTree:
             return ""
         if len(lines) != 1:
             return None
+        # The index never changes, so the verdict is cached: the scans below
+        # are most of the cost of an incremental marshal otherwise.
+        cached = self._line_ok.get(src, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached
         text = lines[0][1]
-        sp = text.index(" ")
-        if text.find("/", sp) >= 0 or text.find("\\057", sp) >= 0:
-            return None  # tokens reaching into subdirectories: not our layout
-        if text.endswith(" 0:0:\\056") and text.count(":") == 2:
-            return ""  # an empty-directory marker line
-        return text[sp:] + "\n"
+        sp = text.find(" ")
+        # A token reaching into a subdirectory ("0:3:sub/f") makes the index
+        # register that subdirectory and list the line under it too.  So a
+        # directory without children whose line is its own (stream name
+        # spelled as ours) cannot hold such a token: nearly all directories
+        # are leaves, and they skip scanning their (long) line.
+        sname = "." if not src else "./" + "/".join(map(escape_name, src.split("/")))
+        own_leaf = sp == len(sname) and text.startswith(sname) and not self._index.children.get(src)
+        if not own_leaf and (text.find("/", sp) >= 0 or text.find("\\057", sp) >= 0):
+            verdict = None  # tokens reaching into subdirectories: not our layout
+        elif text.endswith(" 0:0:\\056") and text.count(":") == 2:
+            verdict = ""  # an empty-directory marker line
+        else:
+            verdict = text
+        self._line_ok[src] = verdict
+        return verdict
+
+    def _emit_line(self, text: str, sname: str, out: list[str]) -> None:
+        """Append stored line ``text`` under stream name ``sname``.
+
+        A normalized manifest already spells the stream name our way, so
+        the line is appended as is (no copy); a directory that was moved or
+        copied gets its new name in front of the old line's body.
+        """
+        n = len(sname)
+        if text.startswith(sname) and text[n] == " ":
+            out.append(text)
+            out.append("\n")
+        else:
+            out.append(sname + text[text.index(" ") :] + "\n")
 
     def _walk(self, parts: list[str]) -> Any:
         """Entry at ``parts`` (DirNode or segment tuple); caller holds _lock."""
@@ -423,7 +466,8 @@ class CollectionTree:
             return entry
         if entry.children is None:
             return DirNode(src=entry.src)
-        new = DirNode(children={k: self._copy_entry(v) for k, v in entry.children.items()})
+        # ``src`` goes along: a FROM_INDEX tail refers to the line of src.
+        new = DirNode(children={k: self._copy_entry(v) for k, v in entry.children.items()}, src=entry.src)
         new.tail = entry.tail
         return new
 
@@ -561,29 +605,56 @@ class CollectionTree:
     # ------------------------------------------------------------------ marshal
 
     def marshal(self, *, strip: bool = False) -> str:
-        """Full manifest text; unchanged directories reuse their cached line.
+        """Full manifest text in the normalized layout.
 
-        Every segment must be stored (``ChangeSet.flush`` does that).
+        Cost is proportional to what changed, not to the collection, when
+        the catalog vouches for the stored layout (``trusted_normalized``):
+        untouched directories -- loaded or not -- are emitted as their stored
+        lines, by reference, and a changed directory's rendered line is
+        cached until it changes again.  Without that promise unloaded
+        directories are parsed and rendered each time, but not kept loaded
+        (a marshal must not make a big tree resident).
+
+        Every segment must be stored (``ChangeSet.flush`` does that);
+        otherwise ``segments.NotStored`` (a ValueError) is raised.
         """
         out: list[str] = []
         with self._lock:
             self._marshal_dir(self.root, ".", out, strip)
         return "".join(out)
 
+    def _marshal_unloaded(self, src: str, sname: str, out: list[str]) -> bool:
+        """Emit an unloaded directory and its subtree from the stored lines.
+
+        Returns False (having emitted nothing) if this directory's own line
+        cannot be reused; a subdirectory that cannot is rendered from a
+        temporary load instead.
+        """
+        line = self._trusted_line(src)
+        if line is None:
+            return False
+        kids = self._index.children.get(src)
+        if line:
+            self._emit_line(line, sname, out)
+        elif not kids and sname != ".":
+            out.append(render_empty_dir(sname))
+        if kids:
+            prefix = src + "/" if src else ""
+            for sub in sorted(kids):
+                child = prefix + sub
+                csname = sname + "/" + escape_name(sub)
+                if not self._marshal_unloaded(child, csname, out):
+                    self._marshal_dir(DirNode(src=child), csname, out, False)
+        return True
+
     def _marshal_dir(self, node: DirNode, sname: str, out: list[str], strip: bool) -> None:
-        if node.children is None and not strip:
-            tail = self._trusted_tail(node.src or "")
-            if tail is not None:
-                subs = sorted(self._index.children.get(node.src or "", ()))
-                if tail:
-                    out.append(sname + tail)
-                elif not subs and sname != ".":
-                    out.append(render_empty_dir(sname))
-                for sub in subs:
-                    child = DirNode(src=f"{node.src}/{sub}" if node.src else sub)
-                    self._marshal_dir(child, sname + "/" + escape_name(sub), out, strip)
+        ch = node.children
+        if ch is None:
+            if not strip and self._marshal_unloaded(node.src or "", sname, out):
                 return
-        ch = self._load(node)
+            # Render from a throwaway load: marshal must not keep it resident.
+            node = DirNode(src=node.src)
+            ch = self._load(node)
         files = []
         subdirs = []
         for name in sorted(ch):
@@ -593,18 +664,21 @@ class CollectionTree:
             else:
                 files.append((name, v))
         tail = None if strip else node.tail
-        if tail is None:
-            if files:
-                line = render_stream(sname, [(n, resolve_all(s)) for n, s in files], strip=strip)
-                tail = line[len(sname) :]
-            else:
-                tail = ""
-            if not strip and all(is_stored(s) for _, s in files):
-                node.tail = tail
-        if tail:
-            out.append(sname + tail)
-        elif not ch and sname != ".":
-            out.append(render_empty_dir(sname))
+        if tail is FROM_INDEX:
+            self._emit_line(self._index.lines[node.src or ""][0][1], sname, out)
+        else:
+            if tail is None:
+                if files:
+                    line = render_stream(sname, [(n, resolve_all(s)) for n, s in files], strip=strip)
+                    tail = line[len(sname) :]
+                else:
+                    tail = ""
+                if not strip and all(is_stored(s) for _, s in files):
+                    node.tail = tail
+            if tail:
+                out.append(sname + tail)
+            elif not ch and sname != ".":
+                out.append(render_empty_dir(sname))
         for name, sub in subdirs:
             self._marshal_dir(sub, sname + "/" + escape_name(name), out, strip)
 
