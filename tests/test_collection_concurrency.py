@@ -26,12 +26,11 @@ from davcoll import manifest as M
 from davcoll.collection import BusyError, ByteBudget, ChangeSet, FileWriter
 from davcoll.collection.segments import buffers_of, size_of
 from davcoll.collection.tree import pack_and_store
+from davcoll.manifest import Manifest
 from davcoll.storage.blocks import BlockStore
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from davcoll.testing.flaky_blocks import FlakyBlockStore
 from test_collection_tree import FLUSHER, apply_batches, build_manifest, make_tree, read_all
-
-from davcoll.manifest import Manifest
 
 
 def run_threads(targets, timeout: float = 60.0) -> None:

@@ -18,7 +18,8 @@ the tree exactly.  Holding the writer lock from first mutation to commit
 gives all writers of one collection a single order, so the local tree and
 the catalog apply changes in the same order.
 
-Lock order (outer to inner); never hold any of them across block I/O:
+Lock order (outer to inner).  No block I/O happens under any of them, except
+the commit under ``writer``:
   1. ``CollectionTree.writer`` -- one per opened collection; held by a
      ChangeSet from its first mutation until commit or rollback (the commit
      -- ``ChangeSet.flush`` plus the catalog update -- is the only I/O done
@@ -33,7 +34,11 @@ Lock order (outer to inner); never hold any of them across block I/O:
      ``_lock`` of several trees, in the same UUID order.
   3. ``ByteBudget._cond`` (buffers.py).
 Readers take only ``_lock``, briefly, to resolve a path and snapshot a
-segment tuple; streaming then happens without any lock.
+segment tuple; streaming then happens without any lock.  The one reader
+that may wait for ``writer`` is ``record_json`` (while another request's
+change holds unstored bytes); it releases ``_lock`` before waiting.
+``FileWriter`` streams and waits for ``ByteBudget`` room holding no tree
+lock at all.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from ..manifest import (
     MAX_BLOCK_SIZE,
