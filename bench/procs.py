@@ -88,6 +88,12 @@ class ServerProc:
     def hwm_kib(self) -> int:
         return proc_status_kib(self.pid, "VmHWM")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (all threads)."""
+        with open(f"/proc/{self.pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -177,6 +177,18 @@ class Ctx:
         if not self.keep:
             shutil.rmtree(path, ignore_errors=True)
 
+    def record_cpu(self, key: str, server: str, value: float) -> None:
+        """Server CPU per unit of work (kept in the JSON, quoted in notes)."""
+        self.extra.setdefault("server_cpu", {}).setdefault(key, {}).setdefault(server, []).append(value)
+
+    def cpu(self, key: str, server: str) -> float | None:
+        return med(self.extra.get("server_cpu", {}).get(key, {}).get(server, []))
+
+    def cpu_note(self, key: str, unit: str, scale: float = 1.0) -> str:
+        d, r = self.cpu(key, "davcoll"), self.cpu(key, "reference")
+        parts = [f"{name} {v * scale:.2f}" for name, v in (("davcoll", d), ("reference", r)) if v is not None]
+        return f"server CPU {unit}: " + ", ".join(parts) if parts else ""
+
     def md5_mbps(self) -> float:
         assert self.md5_bps is not None
         return self.md5_bps / 1e6
@@ -247,7 +259,8 @@ def embedded_and_reference(ctx: Ctx, name: str, **kw) -> Iterator[list[ServerPro
 # Measurements shared by the embedded scenarios and scenario 10
 
 
-def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g", size: int | None = None) -> dict[str, list[float]]:
+def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g", size: int | None = None,
+                label: str = "1") -> dict[str, list[float]]:
     """MB/s of GETs of one ``big`` file (written first, verified once untimed)."""
     size = size or ctx.sizes.big
     payload = Payload(1, size)
@@ -266,7 +279,9 @@ def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g", size: int 
         for srv in alternate(rep, servers):
             sync_disk()
             c = client(srv)
+            cpu0 = srv.cpu_seconds()
             r = expect(c.get(f"/{coll}/big.bin"), 200, what=f"{srv.name} GET")
+            ctx.record_cpu(label, srv.name, (srv.cpu_seconds() - cpu0) / (size / 2**30))
             c.close()
             assert r.nbytes == size
             out[srv.name].append(size / r.seconds / 1e6)
@@ -274,7 +289,7 @@ def measure_get(ctx: Ctx, servers: list[ServerProc], coll: str = "g", size: int 
 
 
 def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p",
-                size: int | None = None) -> dict[str, dict[str, list[float]]]:
+                size: int | None = None, label: str = "2") -> dict[str, dict[str, list[float]]]:
     """MB/s of PUTs of a ``big`` file, with Content-Length and chunked (1 MiB chunks)."""
     size = size or ctx.sizes.big
     out: dict[str, dict[str, list[float]]] = {s.name: {"length": [], "chunked": []} for s in servers}
@@ -286,8 +301,10 @@ def measure_put(ctx: Ctx, servers: list[ServerProc], coll: str = "p",
                 sync_disk()
                 payload = Payload(1000 + rep * 2 + (mode == "chunked"), size)
                 c = client(srv)
+                cpu0 = srv.cpu_seconds()
                 r = expect(c.put_payload(f"/{coll}/big_{mode}_{rep}.bin", payload, chunked=mode == "chunked"),
                            201, 204, what=f"{srv.name} PUT {mode}")
+                ctx.record_cpu(f"{label}{mode}", srv.name, (srv.cpu_seconds() - cpu0) / (size / 2**30))
                 c.close()
                 out[srv.name][mode].append(size / r.seconds / 1e6)
     return out
@@ -305,7 +322,7 @@ def warm_puts(srv: ServerProc, count: int, size: int = 4096) -> None:
     c.close()
 
 
-def measure_small_puts(ctx: Ctx, servers: list[ServerProc]) -> dict[str, list[float]]:
+def measure_small_puts(ctx: Ctx, servers: list[ServerProc], label: str = "3") -> dict[str, list[float]]:
     """Requests/s of ``small_count`` sequential small PUTs on one keep-alive connection."""
     n, size = ctx.sizes.small_count, ctx.sizes.small_size
     out: dict[str, list[float]] = {s.name: [] for s in servers}
@@ -317,18 +334,30 @@ def measure_small_puts(ctx: Ctx, servers: list[ServerProc]) -> dict[str, list[fl
             mkcol(srv, coll)
             c = client(srv)
             payloads = [Payload(rep * 1_000_000 + i, size) for i in range(n)]
+            cpu0 = srv.cpu_seconds()
             t0 = time.perf_counter()
             for i, p in enumerate(payloads):
                 r = c.put_payload(f"{coll}f{i:04d}.bin", p)
                 if r.status not in (201, 204):
                     raise RuntimeError(f"{srv.name}: small PUT {i}: HTTP {r.status} {r.body[:200]!r}")
             dt = time.perf_counter() - t0
+            ctx.record_cpu(label, srv.name, (srv.cpu_seconds() - cpu0) / n)
             c.close()
             out[srv.name].append(n / dt)
     return out
 
 
 def parallel_round(srv: ServerProc, coll: str, clients: int, files: int, size: int, seed: int) -> dict:
+    cpu = [srv.cpu_seconds()]
+    res = _parallel_round(srv, coll, clients, files, size, seed, cpu)
+    gib = clients * files * size / 2**30
+    res["put_cpu_per_gib"] = (cpu[1] - cpu[0]) / gib
+    res["get_cpu_per_gib"] = (cpu[3] - cpu[2]) / gib
+    return res
+
+
+def _parallel_round(srv: ServerProc, coll: str, clients: int, files: int, size: int, seed: int,
+                    cpu: list[float]) -> dict:
     """``clients`` threads each PUT ``files`` files into ``coll``, then GET and check them."""
     errors: list[str] = []
     lock = threading.Lock()
@@ -372,19 +401,23 @@ def parallel_round(srv: ServerProc, coll: str, clients: int, files: int, size: i
         t.start()
     total = clients * files * size
     barrier.wait()
+    cpu[0] = srv.cpu_seconds()
     t0 = time.perf_counter()
     barrier.wait()
     t_put = time.perf_counter() - t0
+    cpu.append(srv.cpu_seconds())
     barrier.wait()
+    cpu.append(srv.cpu_seconds())
     t0 = time.perf_counter()
     barrier.wait()
     t_get = time.perf_counter() - t0
+    cpu.append(srv.cpu_seconds())
     for t in threads:
         t.join()
     return {"put_mbps": total / t_put / 1e6, "get_mbps": total / t_get / 1e6, "errors": errors}
 
 
-def measure_parallel(ctx: Ctx, servers: list[ServerProc]) -> dict[str, dict[str, list]]:
+def measure_parallel(ctx: Ctx, servers: list[ServerProc], label: str = "9") -> dict[str, dict[str, list]]:
     s = ctx.sizes
     out: dict[str, dict[str, list]] = {srv.name: {"put": [], "get": [], "errors": []} for srv in servers}
     for rep in range(ctx.repeat):
@@ -395,6 +428,8 @@ def measure_parallel(ctx: Ctx, servers: list[ServerProc]) -> dict[str, dict[str,
             out[srv.name]["put"].append(res["put_mbps"])
             out[srv.name]["get"].append(res["get_mbps"])
             out[srv.name]["errors"].append(len(res["errors"]))
+            ctx.record_cpu(f"{label}put", srv.name, res["put_cpu_per_gib"])
+            ctx.record_cpu(f"{label}get", srv.name, res["get_cpu_per_gib"])
             if res["errors"]:
                 ctx.extra.setdefault("parallel_errors", []).append(
                     {"server": srv.name, "url": srv.url, "rep": rep, "errors": res["errors"][:50]})
@@ -433,7 +468,8 @@ def s1_get(ctx: Ctx) -> list[Row]:
         res = measure_get(ctx, servers)
     return [speed_row("1", f"GET {human_size(ctx.sizes.big)} file", "MB/s", res["davcoll"], res["reference"],
                       min_ratio=1.0, bound=ctx.md5_mbps(),
-                      note="davcoll checks each block's md5 as it reads it (md5 bound applies)")]
+                      note="davcoll checks each block's md5 as it reads it (md5 bound applies); "
+                           + ctx.cpu_note("1", "s per GiB"))]
 
 
 def s2_put(ctx: Ctx) -> list[Row]:
@@ -445,7 +481,7 @@ def s2_put(ctx: Ctx) -> list[Row]:
     def note(mode: str) -> str:
         d, r = med(res["davcoll"][mode]), med(res["reference"][mode])
         return (f"davcoll÷reference {d / r:.2f}; davcoll÷disk bound (0b, {ctx.disk_mbps:.0f} MB/s) "
-                f"{d / ctx.disk_mbps:.2f}; the reference does not fsync")
+                f"{d / ctx.disk_mbps:.2f}; the reference does not fsync; " + ctx.cpu_note(f"2{mode}", "s per GiB"))
 
     return [
         bound_row("2a", f"PUT {size}, Content-Length", "MB/s", res["davcoll"]["length"], res["reference"]["length"],
@@ -462,7 +498,7 @@ def s3_small(ctx: Ctx) -> list[Row]:
     return [speed_row("3", f"{s.small_count} × {human_size(s.small_size)} PUT, one keep-alive connection", "req/s",
                       res["davcoll"], res["reference"], min_ratio=0.7, bound=ctx.fsync_per_s,
                       note="bound: fsync'd 4 KiB writes/s (0c); davcoll makes each PUT durable before its 2xx, "
-                           "the reference never fsyncs")]
+                           "the reference never fsyncs; " + ctx.cpu_note("3", "ms per PUT", 1000))]
 
 
 def s4_put_latency(ctx: Ctx) -> list[Row]:
@@ -713,8 +749,9 @@ def s9_parallel(ctx: Ctx) -> list[Row]:
     errs = sum(d["errors"])
     return [
         speed_row("9a", f"{what} PUT into one collection, aggregate", "MB/s", d["put"], r["put"], min_ratio=0.7,
-                  bound=ctx.md5_mbps()),
-        speed_row("9b", f"{what} GET back (content checked), aggregate", "MB/s", d["get"], r["get"], min_ratio=0.7),
+                  bound=ctx.md5_mbps(), note=ctx.cpu_note("9put", "s per GiB")),
+        speed_row("9b", f"{what} GET back (content checked), aggregate", "MB/s", d["get"], r["get"], min_ratio=0.7,
+                  note=ctx.cpu_note("9get", "s per GiB")),
         Row("9c", "errors (non-2xx, exceptions, wrong content), all repetitions", "count", d["errors"], r["errors"],
             target="= 0", verdict=verdict(errs == 0)),
     ]
@@ -764,13 +801,13 @@ def s10_arvados(ctx: Ctx) -> list[Row]:
     rows: list[Row] = []
     with arvados_davcoll(ctx, "s10") as srv:
         ctx.log("s10: GET")
-        g = measure_get(ctx, [srv], size=s.arv_big)["davcoll"]
+        g = measure_get(ctx, [srv], size=s.arv_big, label="10.1")["davcoll"]
         ctx.log("s10: PUT")
-        p = measure_put(ctx, [srv], size=s.arv_big)["davcoll"]
+        p = measure_put(ctx, [srv], size=s.arv_big, label="10.2")["davcoll"]
         ctx.log("s10: small PUTs")
-        sm = measure_small_puts(ctx, [srv])["davcoll"]
+        sm = measure_small_puts(ctx, [srv], label="10.3")["davcoll"]
         ctx.log("s10: parallel")
-        par = measure_parallel(ctx, [srv])["davcoll"]
+        par = measure_parallel(ctx, [srv], label="10.9")["davcoll"]
     size = human_size(s.arv_big)
     what = f"{s.par_clients} clients × {s.par_files} × {human_size(s.par_size)}"
     note = "Arvados backend, fake cluster (2 keepstores, Python) on the same machine"
