@@ -51,31 +51,6 @@ FRESH = {"Cache-Control": "no-cache"}
 FAIL = (502, 503)
 _ids = itertools.count()
 
-# A failed block fetch during GET becomes a 500: FileReader.read raises
-# StorageFailure (an FsError) from inside WsgiDAV's _send_resource loop, which
-# no davcoll code maps, so ErrorPrinter answers 500 instead of the table's
-# 502/503.  Fix (davcoll/dav/resources.py): FileResource.get_content should
-# return a reader whose read() turns FsError/BlockStoreError into
-# dav_error(e); the first read happens before the first body chunk, so the
-# client then gets a clean 502/503 (a later block failing still cuts the
-# body short, which the client detects).
-READ_500 = pytest.mark.xfail(strict=True, reason="GET with a failing block fetch answers 500, not 502/503: "
-                             "FileReader.read's StorageFailure is not mapped through dav_error "
-                             "(fix in dav/resources.py FileResource.get_content)")
-
-# A block-store failure that surfaces while the PUT body is still streaming
-# becomes a 500: FileWriter.write re-raises a background flush's
-# StorageFailure, _UploadStream.write/writelines let it escape, and WsgiDAV's
-# do_PUT wraps any non-DAVError in a 500.  Fix (davcoll/dav/resources.py):
-# _UploadStream.write/writelines should catch FsError/BlockStoreError and raise
-# dav_error(e) (WsgiDAV re-raises a DAVError unchanged).  Deterministic here:
-# the fault is armed before the first 64 MiB block is flushed and surfaces
-# when the second one is submitted.
-UPLOAD_500 = pytest.mark.xfail(strict=True, reason="PUT answers 500 when a background block flush fails "
-                               "mid-body: _UploadStream.write does not map StorageFailure through dav_error "
-                               "(fix in dav/resources.py _UploadStream)")
-
-
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
@@ -321,7 +296,6 @@ ARV_READ_FAULTS = {
 }
 
 
-@READ_500
 @pytest.mark.parametrize("fault", sorted(ARV_READ_FAULTS))
 def test_arvados_get_fault(arv, fault):
     check_read_fault(arv, lambda: ARV_READ_FAULTS[fault](arv.fake.faults))
@@ -425,8 +399,11 @@ def test_local_put_fault(local, fault):
 
 
 @pytest.mark.slow
-@UPLOAD_500
 def test_local_large_put_fails_after_first_block(local):
+    """130 MiB: the fault is armed before the first 64 MiB block is flushed;
+    the flush fails at once and the failure surfaces while the body is
+    still streaming (when the second block is submitted).  It used to
+    escape as a 500 (not mapped through dav_error)."""
     check_write_fault(local, "PUT", lambda: local.flaky.fail_randomly("put", 1.0), size=130 * MiB, at=0.25)
 
 
@@ -435,8 +412,8 @@ def test_local_tree_op_catalog_fault(local, method):
     check_write_fault(local, method, lambda: _catalog_fail(local), size=4096)
 
 
-@READ_500
 def test_local_get_fault(local):
+    """(Failed block reads used to escape WsgiDAV's GET loop as 500s.)"""
     check_read_fault(local, lambda: local.flaky.fail_next("*", 20))
 
 
