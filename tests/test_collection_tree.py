@@ -289,7 +289,7 @@ def test_walk_files_does_not_hold_the_lock_between_items(basic):
 # ----------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/", "nul\x00", "\x00"])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/", "nul\x00", "\x00", "lone\udc80surrogate"])
 def test_check_name_rejects(name):
     with pytest.raises(InvalidName):
         check_name(name)
@@ -300,7 +300,7 @@ def test_check_name_accepts(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("path", [".", "..", "a/..", "a/./b", "x\x00y", "../etc"])
+@pytest.mark.parametrize("path", [".", "..", "a/..", "a/./b", "x\x00y", "../etc", "d/\ud800"])
 def test_invalid_names_in_every_operation(basic, path):
     tree, _ = basic
     ch = ChangeSet()

@@ -85,9 +85,19 @@ _RECORD_KEYS = ("uuid", "name", "portable_data_hash", "manifest_text", "properti
 
 
 def check_name(name: str) -> str:
-    """Validate one path component (raises InvalidName)."""
+    """Validate one path component (raises InvalidName).
+
+    Besides the names no filesystem allows, a name must be encodable as
+    UTF-8 (a lone surrogate from a lossy URL decode is not): manifests are
+    UTF-8, so such a name would otherwise only fail at commit time.
+    """
     if not name or name == "." or name == ".." or "/" in name or "\x00" in name:
         raise InvalidName(f"invalid name {name!r}")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidName(f"name is not valid UTF-8: {name!r}") from None
     return name
 
 
