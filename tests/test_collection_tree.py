@@ -216,6 +216,9 @@ def test_opening_parses_no_file_tokens_and_access_parses_only_the_path(store, pa
     tree.names("d1")
     assert loaded_dirs(tree) == {"", "d1", "d3", "d3/sub2"}
     assert parse_count == []  # d1 has no own line
+    # Metadata never needs block data.
+    tree.listdir("d4/sub0")
+    assert store.gets == 0
 
 
 def test_listing_a_directory_loads_it_but_not_its_subdirectories(basic):
