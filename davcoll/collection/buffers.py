@@ -7,10 +7,14 @@ single byte budget (default 256 MiB) covers every buffered byte in the
 process, so many concurrent uploads make writers *wait* instead of growing
 memory.
 
-Locks: ``ByteBudget._cond`` guards ``ByteBudget._used``.  ``BufferBlock`` has
-no lock: its bytes are append-only while a single writer owns it and frozen
-afterwards; ``locator`` is assigned once (before ``data`` is dropped), so a
-reader that takes ``data`` first and falls back to ``locator`` is always safe.
+Locks: ``ByteBudget._cond`` guards ``ByteBudget._used`` and every
+``BufferBlock.reserved`` of that budget (a buffer's reservation can be given
+back by the flusher thread that stored it and, at the same time, by the
+request thread aborting the upload; it must be returned exactly once).
+``BufferBlock`` has no lock of its own: its bytes are append-only while a
+single writer owns it and frozen afterwards; ``locator`` is assigned once
+(before ``data`` is dropped), so a reader that takes ``data`` first and falls
+back to ``locator`` is always safe.
 """
 
 from __future__ import annotations
@@ -56,6 +60,23 @@ class ByteBudget:
                 self._used = 0
             self._cond.notify_all()
 
+    def release_buffer(self, buf: "BufferBlock") -> None:
+        """Give back ``buf``'s whole reservation, exactly once.
+
+        The read-and-clear of ``buf.reserved`` happens under the budget's
+        lock, so two threads releasing the same buffer cannot both return
+        its bytes (which would let the budget over-admit afterwards).
+        """
+        with self._cond:
+            n = buf.reserved
+            if n <= 0:
+                return
+            buf.reserved = 0
+            self._used -= n
+            if self._used < 0:  # pragma: no cover - accounting bug guard
+                self._used = 0
+            self._cond.notify_all()
+
 
 class BufferBlock:
     """Bytes of one future block, not yet (or just) stored.
@@ -94,9 +115,9 @@ class BufferBlock:
         self.release()
 
     def release(self) -> None:
+        """Return this buffer's reservation to its budget (idempotent)."""
         if self.budget is not None and self.reserved:
-            self.budget.release(self.reserved)
-            self.reserved = 0
+            self.budget.release_buffer(self)
 
     def __del__(self) -> None:
         self.release()
