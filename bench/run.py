@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print("davcoll/reference: median of the repetitions; ±: (max - min) / median; bound: measured in this run "
-          "(md5 rate of one core for MB/s rows, fsync'd 4 KiB writes/s for row 3); ratio: of speeds "
+          "(md5 rate of one core, re-measured next to each repetition, for MB/s rows; fsync'd 4 KiB writes/s for row 3); ratio: of speeds "
           "(for times: reference time ÷ davcoll time); counts are totals.")
     for r in rows:
         if r.note:
