@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from .collection import ByteBudget, ChangeSet, CollectionTree, Flusher
+from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
 from .manifest import is_portable_data_hash
 from .storage.blocks import BlockStore
 from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound
@@ -157,6 +157,14 @@ class SessionManager:
         self._sessions: "OrderedDict[str, Session]" = OrderedDict()
         self._lock = threading.Lock()
         self.max_sessions = 256
+        # Striped locks serialising the loading/revalidation of one
+        # collection: without them, concurrent first requests each loaded
+        # their own tree, wrote into their own copy, and the copy cached last
+        # lacked the others' changes until the next revalidation.
+        self._open_locks = [threading.Lock() for _ in range(64)]
+
+    def open_lock(self, key: Any) -> threading.Lock:
+        return self._open_locks[hash(key) % len(self._open_locks)]
 
     def authenticate(self, token: str | None) -> Principal | None:
         return self.backend.authenticate(token)
@@ -225,23 +233,27 @@ class Session:
         """The collection tree for a UUID (writable) or PDH (read-only snapshot).
 
         A cached tree is revalidated with a cheap revision check at most every
-        ``revalidate_seconds`` (at once with ``no_cache`` or after a commit
-        the catalog could not vouch for).
+        ``revalidate_seconds`` (at once with ``no_cache``).  A tree whose own
+        commit the catalog could not vouch for (``stale``) is reloaded at its
+        next revalidation, so staleness stays bounded without reloading after
+        every write; an ``invalid`` tree (a commit failed under queued
+        changes) is reloaded at once.
         """
         key = self._tree_key(ident)
+        with self.manager.open_lock(key):
+            return self._open_locked(key, ident, no_cache)
+
+    def _open_locked(self, key: tuple, ident: str, no_cache: bool) -> CollectionTree:
         cached = self.manager.trees.get(key)
         pdh = is_portable_data_hash(ident)
         now = time.monotonic()
         max_age = self.manager.backend.max_tree_age
-        if cached is not None and max_age is not None and time.monotonic() - cached[0].loaded_at > max_age:
-            cached = None  # refetch: fresh block signatures
+        if cached is not None and (cached[0].invalid or (max_age is not None and now - cached[0].loaded_at > max_age)):
+            cached = None  # reload (for max_age: fresh block signatures)
         if cached is not None:
             tree, validated = cached
             if pdh:
                 return tree  # content-addressed: never changes
-            # A stale tree (our own commit could not be vouched for) is
-            # reloaded at its next revalidation, so staleness stays bounded
-            # without reloading after every write.
             due = no_cache or now - validated >= self.manager.config.revalidate_seconds
             if not due:
                 return tree
@@ -255,6 +267,21 @@ class Session:
         text_len = len(rec.manifest_text or "")
         self.manager.trees.put(key, tree, 64 * 1024 + 4 * text_len, now)
         return tree
+
+    def revalidate_after_miss(self, ident: str, tree: CollectionTree, *, min_age: float = 0.5) -> CollectionTree:
+        """Re-check a collection after a path was not found in it.
+
+        Another instance may have created the path moments ago; checking
+        now (at most every ``min_age`` seconds per collection) turns such a
+        404/409 into a hit without waiting for the revalidation interval.
+        Returns the tree to use (the same one if nothing changed).
+        """
+        if tree.readonly or is_portable_data_hash(ident):
+            return tree
+        cached = self.manager.trees.get(self._tree_key(ident))
+        if cached is None or cached[0] is not tree or time.monotonic() - cached[1] < min_age:
+            return tree
+        return self.open_tree(ident, no_cache=True)
 
     def _build_tree(self, rec: CollectionRecord, *, readonly: bool) -> CollectionTree:
         m = self.manager
@@ -282,6 +309,23 @@ class Session:
 
     def drop_tree(self, ident: str) -> None:
         self.manager.trees.drop(self._tree_key(ident))
+
+    def _forget_tree(self, tree: CollectionTree, *, unless_same: bool = False) -> None:
+        """Drop the cached tree of ``tree``'s collection.
+
+        ``unless_same``: keep it if it is this very object (used after a
+        successful commit: only a *different* object, cached by a reload
+        that raced with the commit, may lack the change).
+        """
+        if not tree.uuid or tree.readonly:
+            return
+        key = self._tree_key(tree.uuid)
+        with self.manager.open_lock(key):
+            cached = self.manager.trees.get(key)
+            if cached is None:
+                return
+            if (cached[0] is tree) != unless_same:
+                self.manager.trees.drop(key)
 
     # --------------------------------------------------------------- collections
 
@@ -311,40 +355,60 @@ class Session:
         self._after_update(tree, res.record, res.applied_on_base)
         with tree._lock:
             tree.record["properties"] = dict(properties)
+        # Collection records at "/" come from the listing memo.
+        self.forget_listing()
 
     # --------------------------------------------------------------- commit
 
     def commit(self, change: ChangeSet) -> None:
-        """Make a request's changes durable, or undo them.
+        """Make a request's changes durable before its status goes out.
 
-        Stores buffered data, then sends each tree's delta as one (rarely
-        several) ``replace_files`` update.  Raises the catalog's or block
-        store's error after rolling back; releases the writer locks always.
+        One collection (the usual case): the change joins the tree's commit
+        queue, which stores buffered data (packing small files of concurrent
+        requests together) and sends queued changes as few ``replace_files``
+        updates as possible (``collection/commits.py``).  Two collections
+        (cross-collection COPY/MOVE): both queues are drained while this
+        change holds both writer locks, then it commits directly,
+        destination first, so a failure can leave a copy but never a loss.
+        Raises the storage or catalog error; the writer locks are always
+        released, and a tree that may disagree with the catalog is dropped.
         """
+        trees = change.trees
         try:
             if not change:
                 return
-            change.flush()
-            for tree in change.trees:
-                for replace_files, manifest_text in change.batches(tree):
-                    res = self.catalog.update(
-                        tree.uuid,
-                        replace_files=replace_files,
-                        manifest_text=manifest_text or None,
-                        base_version=tree.version,
-                    )
-                    self._after_update(tree, res.record, res.applied_on_base)
-                change.committed(tree, version=tree.version)
+            if len(trees) == 1:
+                tree = trees[0]
+                tree.commits.submit(change, lambda rf, mt: self._apply(tree, rf, mt))
+            else:
+                for tree in trees:
+                    if not tree.commits.drain(timeout=120):
+                        raise BusyError("collection is busy; try again")
+                change.flush()
+                for tree in trees:
+                    for replace_files, manifest_text in change.batches(tree):
+                        self._apply(tree, replace_files, manifest_text)
+                    change.committed(tree, version=tree.version)
             self.forget_listing()
         except BaseException:
             change.rollback()
-            for tree in change.trees:
-                # The catalog may hold part of the change: reload next time.
-                tree.stale = True
-                self.drop_tree(tree.uuid)
+            for tree in trees:
+                tree.stale = True  # the catalog may hold part of the change
+                self._forget_tree(tree)
             raise
         finally:
             change.release()
+        for tree in trees:
+            self._forget_tree(tree, unless_same=True)
+
+    def _apply(self, tree: CollectionTree, replace_files: dict[str, str], manifest_text: str) -> None:
+        res = self.catalog.update(
+            tree.uuid,
+            replace_files=replace_files,
+            manifest_text=manifest_text or None,
+            base_version=tree.version,
+        )
+        self._after_update(tree, res.record, res.applied_on_base)
 
     def _after_update(self, tree: CollectionTree, rec: CollectionRecord, applied_on_base: bool) -> None:
         with tree._lock:

@@ -114,6 +114,13 @@ class BufferBlock:
         self.data = None
         self.release()
 
+    def discard(self) -> None:
+        """Drop unstored bytes whose change failed (and their budget) now,
+        rather than whenever the last reference to this object goes away."""
+        if self.locator is None:
+            self.data = None
+        self.release()
+
     def release(self) -> None:
         """Return this buffer's reservation to its budget (idempotent)."""
         if self.budget is not None and self.reserved:

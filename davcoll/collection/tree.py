@@ -13,17 +13,19 @@ Mutations happen inside a ``ChangeSet`` (one per request).  The first
 mutation takes the collection's writer lock; the change set records an undo
 entry for every mutation and an *operation* (put, mkdir, delete, copy, move,
 import) that compiles to the catalog's ``replace_files`` delta.  The session
-commits the delta and then calls ``committed()``, or ``rollback()`` restores
-the tree exactly.  Holding the writer lock from first mutation to commit
-gives all writers of one collection a single order, so the local tree and
-the catalog apply changes in the same order.
+either commits the delta directly (``committed()``, or ``rollback()``
+restores the tree exactly), or -- the usual path -- queues the change on
+the tree's ``CommitQueue`` (``commits.py``), which releases the writer lock
+and commits concurrent requests together.  The writer lock gives all writers
+of one collection a single order; the commit queue keeps it, so the local
+tree and the catalog apply changes in the same order.
 
 Lock order (outer to inner).  No block I/O happens under any of them, except
 the commit under ``writer``:
   1. ``CollectionTree.writer`` -- one per opened collection; held by a
-     ChangeSet from its first mutation until commit or rollback (the commit
-     -- ``ChangeSet.flush`` plus the catalog update -- is the only I/O done
-     under it).  It is a plain ``Lock``, not an ``RLock``: ownership belongs
+     ChangeSet from its first mutation until it is queued for commit
+     (``detach``), committed directly, or rolled back.  Only a direct commit
+     (requests touching two collections) does I/O under it.  It is a plain ``Lock``, not an ``RLock``: ownership belongs
      to the ChangeSet, not to a thread, so two change sets in one thread
      still exclude each other and a change set may be released from another
      thread.  A request that changes two collections takes both writer locks
@@ -32,7 +34,9 @@ the commit under ``writer``:
      caches, ``version``/``record``).  Short critical sections only; never
      held while waiting for a writer lock.  ``ChangeSet.rollback`` takes the
      ``_lock`` of several trees, in the same UUID order.
-  3. ``ByteBudget._cond`` (buffers.py).
+  3. ``CommitQueue._cond`` (commits.py), taken while holding ``writer``
+     to queue a change; the committing leader holds no tree lock.
+  4. ``ByteBudget._cond`` (buffers.py).
 Readers take only ``_lock``, briefly, to resolve a path and snapshot a
 segment tuple; streaming then happens without any lock.  The one reader
 that may wait for ``writer`` is ``record_json`` (while another request's
@@ -73,6 +77,7 @@ from .errors import (
     ParentNotFound,
     ReadOnly,
 )
+from .commits import CommitQueue
 from .io import FileReader, FileWriter
 from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
 
@@ -193,6 +198,10 @@ class CollectionTree:
         self._record_cache: tuple[tuple, bytes] | None = None
         # Set when the catalog may hold changes this tree has not seen.
         self.stale = False
+        # Set when a commit failed after later changes were queued on top:
+        # this tree no longer matches the catalog and must be reloaded.
+        self.invalid = False
+        self.commits = CommitQueue(self)
         self.loaded_at = time.monotonic()
 
     # ------------------------------------------------------------------ loading
@@ -310,6 +319,9 @@ class CollectionTree:
         if not self.writer.acquire(timeout=RECORD_WAIT_TIMEOUT):
             raise BusyError("collection is busy; try again")
         try:
+            # Queued changes store their bytes when their group commits.
+            if not self.commits.drain(RECORD_WAIT_TIMEOUT):
+                raise BusyError("collection is busy; try again")
             return self._record_json_now()
         except NotStored as e:  # pragma: no cover - a change set leaked its buffers
             raise BusyError("the collection has uncommitted changes") from e
@@ -786,62 +798,32 @@ class ChangeSet:
         buffers go to that tree's block store (stores are per token).
         """
         for tree in self._locked:
-            pending: dict[int, BufferBlock] = {}
-            for kind, t, _path, arg in self._ops:
-                if t is not tree:
-                    continue
-                for segs in _segment_lists(kind, arg):
-                    for seg in segs:
-                        src = seg[0]
-                        if type(src) is not str and src.locator is None:
-                            pending[id(src)] = src
-            if pending:
-                pack_and_store(list(pending.values()), tree.store, tree.flusher)
+            buffers = pending_buffers(self.ops_for(tree))
+            if buffers:
+                pack_and_store(buffers, tree.store, tree.flusher)
 
     def batches(self, tree: CollectionTree) -> list[tuple[dict[str, str], str]]:
-        """Compile this change's operations on ``tree`` into catalog updates.
+        """This change's operations on ``tree`` as catalog updates (see
+        ``compile_batches``)."""
+        return compile_batches(self.ops_for(tree))
 
-        Consecutive operations share one ``replace_files`` map while none of
-        their paths overlap; an overlap starts a new batch, because a
-        ``current/`` source always reads the catalog's state *before* the
-        update.  Returns ``[(replace_files, manifest_text), ...]``.
+    def detach(self, tree: CollectionTree) -> None:
+        """Hand ``tree``'s part of this change to its commit queue.
+
+        Releases the writer lock and gives up the undo log for ``tree``
+        (later writers build on these mutations, so they can no longer be
+        undone locally; a failed commit invalidates the tree instead).  The
+        operations stay until the queue's leader commits them.
         """
-        out: list[tuple[dict[str, str], str]] = []
-        rf: dict[str, str] = {}
-        content = Dir()
-        used: list[str] = []
+        self._undo = [u for u in self._undo if u[0] is not tree]
+        if any(t is tree for t in self._locked):
+            self._locked = [t for t in self._locked if t is not tree]
+            tree._writer_thread = None
+            tree.writer.release()
 
-        def overlaps(p: str) -> bool:
-            return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
-
-        def close_batch() -> None:
-            nonlocal rf, content, used
-            if rf:
-                out.append((rf, Manifest(content).to_text()))
-            rf, content, used = {}, Dir(), []
-
-        for kind, t, path, arg in self._ops:
-            if t is not tree:
-                continue
-            paths = [path] + ([arg] if kind in ("copy", "move") else [])
-            if any(overlaps(p) for p in paths):
-                close_batch()
-            used.extend(paths)
-            target = "/" + path
-            if kind == "delete":
-                rf[target] = ""
-            elif kind in ("copy", "move"):
-                rf[target] = "current/" + arg
-                if kind == "move" and not arg.startswith(path + "/"):
-                    # Moving a/b onto its ancestor a: replacing a already
-                    # drops a/b, and a delete target nested in a non-empty
-                    # target would be rejected by the catalog.
-                    rf["/" + arg] = ""
-            else:
-                rf[target] = "manifest_text/" + path
-                _place_content(content, path, kind, arg)
-        close_batch()
-        return out
+    def forget(self, tree: CollectionTree) -> None:
+        """Drop ``tree``'s operations once the catalog holds them."""
+        self._ops = [op for op in self._ops if op[1] is not tree]
 
     def committed(self, tree: CollectionTree, *, version: int, record: dict[str, Any] | None = None, fresh: bool = True) -> None:
         """The catalog accepted this change's updates for ``tree``."""
@@ -900,6 +882,63 @@ class ChangeSet:
             tree = self._locked.pop()
             tree._writer_thread = None
             tree.writer.release()
+
+
+def pending_buffers(ops: list[tuple]) -> list[BufferBlock]:
+    """Distinct BufferBlocks that operations reference and nobody stored yet."""
+    pending: dict[int, BufferBlock] = {}
+    for kind, _tree, _path, arg in ops:
+        for segs in _segment_lists(kind, arg):
+            for seg in segs:
+                src = seg[0]
+                if type(src) is not str and src.locator is None:
+                    pending[id(src)] = src
+    return list(pending.values())
+
+
+def compile_batches(ops: list[tuple]) -> list[tuple[dict[str, str], str]]:
+    """Operations (of one tree, in order) as catalog updates.
+
+    Consecutive operations share one ``replace_files`` map while none of
+    their paths overlap; an overlap starts a new batch, because a
+    ``current/`` source always reads the catalog's state *before* the
+    update.  Returns ``[(replace_files, manifest_text), ...]``; every
+    segment must be stored.
+    """
+    out: list[tuple[dict[str, str], str]] = []
+    rf: dict[str, str] = {}
+    content = Dir()
+    used: list[str] = []
+
+    def overlaps(p: str) -> bool:
+        return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
+
+    def close_batch() -> None:
+        nonlocal rf, content, used
+        if rf:
+            out.append((rf, Manifest(content).to_text()))
+        rf, content, used = {}, Dir(), []
+
+    for kind, _tree, path, arg in ops:
+        paths = [path] + ([arg] if kind in ("copy", "move") else [])
+        if any(overlaps(p) for p in paths):
+            close_batch()
+        used.extend(paths)
+        target = "/" + path
+        if kind == "delete":
+            rf[target] = ""
+        elif kind in ("copy", "move"):
+            rf[target] = "current/" + arg
+            if kind == "move" and not arg.startswith(path + "/"):
+                # Moving a/b onto its ancestor a: replacing a already
+                # drops a/b, and a delete target nested in a non-empty
+                # target would be rejected by the catalog.
+                rf["/" + arg] = ""
+        else:
+            rf[target] = "manifest_text/" + path
+            _place_content(content, path, kind, arg)
+    close_batch()
+    return out
 
 
 def pack_and_store(buffers: list[BufferBlock], store: BlockStore, flusher: Flusher) -> None:

@@ -16,7 +16,6 @@ environ because WsgiDAV asks for the same path several times.
 from __future__ import annotations
 
 import re
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -107,9 +106,6 @@ class CollectionProvider(DAVProvider):
         self.junk = junk
         self._dead_props = prop_manager
         self.propfind_infinity = propfind_infinity
-        # Striped by collection id: serialise opening (cold loads and
-        # reloads) of one collection, see ``_open`` and ``after_commit``.
-        self._open_locks = [threading.Lock() for _ in range(64)]
 
     def set_prop_manager(self, prop_manager) -> None:
         # WsgiDAV passes its own (None unless configured); we always use ours.
@@ -145,17 +141,10 @@ class CollectionProvider(DAVProvider):
             key += "/" + inner
         return quote(key)
 
-    def _open_lock(self, ident: str) -> threading.Lock:
-        return self._open_locks[hash(ident) % len(self._open_locks)]
-
     def _open(self, environ: dict, ident: str) -> CollectionTree | None:
-        # Without the lock, concurrent requests on a collection that is not
-        # cached yet each load their own tree, each write into their own
-        # copy, and the copy cached last lacks the others' committed changes
-        # until the next revalidation (parallel MKCOL + PUT got 409s).
+        # Session.open_tree serialises loads of one collection.
         try:
-            with self._open_lock(ident):
-                return self.session(environ).open_tree(ident, no_cache=environ.get("davcoll.no_cache", False))
+            return self.session(environ).open_tree(ident, no_cache=environ.get("davcoll.no_cache", False))
         except CatalogNotFound:
             return None
         except (CatalogError, FsError) as e:
@@ -258,11 +247,35 @@ class CollectionProvider(DAVProvider):
             st = tree.stat(loc.inner)
             return DirResource(path, environ, loc, st)
         except (NotFound, NotADirectory, InvalidName):
-            return None
+            fresh = self._after_miss(environ, loc, tree)
+            if fresh is None:
+                return None
+            loc._tree = tree = fresh
+            try:
+                segs = tree.snapshot(loc.inner)
+            except IsADirectory:
+                return DirResource(path, environ, loc, tree.stat(loc.inner))
+            except (NotFound, NotADirectory, InvalidName):
+                return None
         except FsError as e:
             raise dav_error(e) from e
         st = Stat(False, size_of(segs), _mtime(tree, loc.inner), etag_of(segs))
         return FileResource(path, environ, loc, st, segs)
+
+    def _after_miss(self, environ: dict, loc: Location, tree: CollectionTree) -> CollectionTree | None:
+        """A newer tree to retry a miss with, if the catalog changed.
+
+        Only before the request changed anything: a request keeps using the
+        tree its change set locked.
+        """
+        change = environ.get("davcoll.change")
+        if change is not None and change.trees:
+            return None
+        try:
+            fresh = self.session(environ).revalidate_after_miss(loc.ident or "", tree)
+        except (CatalogError, FsError):
+            return None
+        return fresh if fresh is not tree else None
 
     def collection_root_from_record(self, parent_path: str, rec: CollectionRecord, environ: dict):
         """A listing entry for a collection, without loading its manifest."""
@@ -273,25 +286,6 @@ class CollectionProvider(DAVProvider):
         loc._loader = lambda: self._open(environ, ident)
         path = parent_path.rstrip("/") + "/" + rec.name
         return DirResource(path, environ, loc, Stat(True, 0, parse_time(rec.modified_at), None))
-
-    def after_commit(self, sess: Session, trees: list[CollectionTree]) -> None:
-        """Called after a successful commit on ``trees``.
-
-        If the session meanwhile cached another tree object for one of these
-        collections (a reload that raced with this request), that tree may
-        lack the change just committed: drop it so the next request reloads.
-        Under the open lock, so a reload in flight finishes first.
-        """
-        for tree in trees:
-            if not tree.uuid or tree.readonly:
-                continue
-            with self._open_lock(tree.uuid):
-                try:
-                    current = sess.open_tree(tree.uuid)
-                except (CatalogError, FsError):
-                    current = None
-                if current is not tree:
-                    sess.drop_tree(tree.uuid)
 
     def is_snapshot_path(self, path: str) -> bool:
         """Whether a path addresses a collection by PDH (a read-only snapshot)."""

@@ -34,7 +34,6 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 from ..collection import ChangeSet, CollectionTree, FsError, Stat
 from ..collection.segments import buffers_of, etag_of, size_of
 from ..collection.io import FileReader
-from ..collection.tree import pack_and_store
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
 from .errors import dav_error
@@ -698,15 +697,18 @@ class FileResource(_Mixin, DAVNonCollection):
         tree = self.loc.tree
         assert tree is not None
         try:
+            # The last partial block stays buffered: the commit stores it,
+            # packed together with other small files committed with it.
             segs = writer.close()
-            # Store the tail now, outside the collection's writer lock.
-            pack_and_store(buffers_of(segs), tree.store, tree.flusher)
             tree.put_file(change_of(self.environ), self.loc.inner, segs)
         except (FsError, BlockStoreError) as e:
             writer.abort()
             raise self._fail(e) from e
         self._segs = segs
         self.stat = Stat(False, size_of(segs), time.time(), etag_of(segs))
+        # The ETag WsgiDAV sends is computed before the commit stores the
+        # tail; the sync middleware recomputes it from the stored segments.
+        self.environ["davcoll.etag"] = lambda: etag_of(segs)
         self._forget_resolution()
 
     # --- delete / copy / move -------------------------------------------------

@@ -58,7 +58,12 @@ class SyncMiddleware(BaseMiddleware):
         status_line = sub.status
         if status == 204 and method in ("COPY", "MOVE") and environ.get("davcoll.created"):
             status_line = "201 Created"  # native handlers always report 204
-        start_response(status_line, sub.response_headers, sub.exc_info)
+        headers = sub.response_headers
+        etag = environ.get("davcoll.etag")
+        if etag is not None and status < 300:
+            # The stored form of the new content (see FileResource.end_write).
+            headers = [(k, v) for k, v in headers if k.lower() != "etag"] + [("ETag", f'"{etag()}"')]
+        start_response(status_line, headers, sub.exc_info)
         return [body]
 
     def _commit(self, environ: dict) -> None:
@@ -66,16 +71,12 @@ class SyncMiddleware(BaseMiddleware):
         props = environ.get("davcoll.props_update")
         sess = environ.get("davcoll.session")
         t0 = time.monotonic()
-        trees = change.trees if change is not None else []  # commit releases them
         try:
             if change is not None:
                 sess.commit(change)
             if props:
                 for tree, new_props in props.items():
                     sess.set_properties(tree, new_props)
-                # Top-level collection records come from the session's
-                # listing memo; drop it so the next PROPFIND sees the change.
-                sess.forget_listing()
         except (FsError, CatalogError, BlockStoreError) as e:
             log.warning("commit failed: %s", e)
             if self.metrics is not None:
@@ -88,9 +89,6 @@ class SyncMiddleware(BaseMiddleware):
             raise DAVError(HTTP_INTERNAL_ERROR, context_info="commit failed") from e
         if self.metrics is not None and change is not None:
             self.metrics.observe_sync(time.monotonic() - t0)
-        provider = environ.get("wsgidav.provider")
-        if trees and hasattr(provider, "after_commit"):
-            provider.after_commit(sess, trees)
 
     @staticmethod
     def _abandon(environ: dict) -> None:
