@@ -287,16 +287,30 @@ def test_writer_splits_blocks_stores_in_background_and_returns_segments():
     assert w.bytes_written == len(data)
     segs = w.close()
     assert size_of(segs) == len(data)
-    assert len(buffers_of(segs)) == 1  # only the tail is still in memory
-    assert store.puts == 9
-    assert FileReader(segs, store).read() == data
-    pack_and_store(buffers_of(segs), store, FLUSHER)
+    # Larger than one block: it streamed, so nothing is left in memory and
+    # the short last block is stored too (9 full blocks + the tail).
+    assert buffers_of(segs) == []
+    assert store.puts == 10
     assert budget.used == 0
     assert FileReader(segs, store).read() == data
     with pytest.raises(ValueError):
         w.close()
     with pytest.raises(ValueError):
         w.write(b"more")
+
+
+def test_small_file_stays_buffered_for_packing():
+    store = MemoryBlockStore()
+    budget = ByteBudget(1 << 20)
+    w = FileWriter(store, FLUSHER, budget, block_size=1024)
+    w.write(b"a" * 600)
+    w.write(b"b" * 400)
+    segs = w.close()
+    assert len(buffers_of(segs)) == 1 and store.puts == 0
+    assert budget.used == 1000
+    pack_and_store(buffers_of(segs), store, FLUSHER)
+    assert budget.used == 0 and store.puts == 1
+    assert FileReader(segs, store).read() == b"a" * 600 + b"b" * 400
 
 
 def test_writer_of_nothing_is_an_empty_file():

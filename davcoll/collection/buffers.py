@@ -20,6 +20,7 @@ back to ``locator`` is always safe.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..storage.blocks import BlockStore, BlockStoreError
@@ -162,6 +163,17 @@ class Flusher:
 
     def submit(self, buf: BufferBlock, store: BlockStore) -> "Future[str]":
         return self._pool.submit(self.store_now, buf, store)
+
+    def submit_call(self, finish: "Callable[[], str]") -> "Future[str]":
+        """Run a block writer's ``finish`` in the pool (errors as StorageFailure)."""
+        return self._pool.submit(self._call, finish)
+
+    @staticmethod
+    def _call(finish: "Callable[[], str]") -> str:
+        try:
+            return finish()
+        except BlockStoreError as e:
+            raise StorageFailure(f"block store failed: {e}") from e
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

@@ -21,12 +21,14 @@ from concurrent.futures import Future
 from typing import Iterator
 
 from ..manifest import MAX_BLOCK_SIZE, locator_size
-from ..storage.blocks import BlockStore, BlockStoreError
+from ..storage.blocks import BlockStore, BlockStoreError, BlockWriter
 from .buffers import BufferBlock, ByteBudget, Flusher
 from .errors import StorageFailure
 from .segments import Segments, merge, offsets_of
 
 STREAM_THRESHOLD = 8 << 20
+#: Files up to this size stay in memory until commit, to be packed together.
+SMALL_FILE_LIMIT = 4 << 20
 
 
 class FileReader(io.RawIOBase):
@@ -150,17 +152,30 @@ class FileReader(io.RawIOBase):
 
 
 class FileWriter:
-    """Streams bytes into a new, detached file (see module docstring)."""
+    """Streams bytes into a new, detached file (see module docstring).
 
-    def __init__(self, store: BlockStore, flusher: Flusher, budget: ByteBudget, *, block_size: int = MAX_BLOCK_SIZE) -> None:
+    A file stays in one in-memory buffer while it is small (up to
+    ``small_limit``, at most one block): at commit it is packed together
+    with other small files into a shared block.  Past that it streams into
+    the store's block writer (for the embedded store: hashed and written to
+    disk in a helper thread as it arrives, so memory holds only a short
+    queue of chunks); each full block is finished in the background by the
+    flusher pool while the upload continues.  Every buffered byte counts
+    against the process-wide budget, and a writer that finds the budget
+    exhausted finishes its partial block early rather than wait on others.
+    """
+
+    def __init__(self, store: BlockStore, flusher: Flusher, budget: ByteBudget, *, block_size: int = MAX_BLOCK_SIZE,
+                 small_limit: int = SMALL_FILE_LIMIT) -> None:
         self._store = store
         self._flusher = flusher
         self._budget = budget
         self._block_size = block_size
-        self._cur = BufferBlock(budget)
-        self._segs: list[tuple] = []
-        self._futures: list[Future] = []
-        self._buffers: list[BufferBlock] = []
+        self._small_limit = min(small_limit, block_size)
+        self._small: BufferBlock | None = BufferBlock(budget)
+        self._bw: BlockWriter | None = None
+        # Finished (or finishing) blocks in file order: (future, size, writer).
+        self._blocks: list[tuple[Future, int, BlockWriter]] = []
         self.bytes_written = 0
         self.closed = False
 
@@ -169,20 +184,39 @@ class FileWriter:
             raise ValueError("write to a closed or aborted FileWriter")
         mv = memoryview(data)
         n = len(mv)
+        if isinstance(data, (bytearray, memoryview)) and self._small is None:
+            mv = memoryview(bytes(mv))  # block writers keep references: freeze
         while mv:
-            room = self._block_size - len(self._cur)
-            piece = mv[:room]
+            small = self._small
+            if small is not None and len(small) + len(mv) < self._small_limit:
+                k = len(mv)
+                self._budget.acquire(k)
+                small.append(mv, k)
+                break
+            if small is not None:
+                self._start_streaming()
+                if not isinstance(data, bytes):
+                    mv = memoryview(bytes(mv))
+            if self._bw is None:
+                self._bw = self._store.open_writer(self._budget.release)
+            bw = self._bw
+            piece = mv[: self._block_size - bw.size]
             k = len(piece)
             if not self._budget.acquire(k, timeout=0.05):
-                # Everyone's buffers are full: send our partial block now (a
+                # Everyone's buffers are full: finish our partial block now (a
                 # shorter block is fine) so progress never depends on others.
-                if len(self._cur):
-                    self._submit_current()
+                if bw.size:
+                    self._finish_block()
                 self._budget.acquire(k)
-            self._cur.append(piece, k)
+                bw = self._bw = self._bw or self._store.open_writer(self._budget.release)
+            try:
+                bw.write(piece)
+            except BlockStoreError as e:
+                self._budget.release(k)
+                raise StorageFailure(f"block store failed: {e}") from e
             mv = mv[k:]
-            if len(self._cur) >= self._block_size:
-                self._submit_current()
+            if bw.size >= self._block_size:
+                self._finish_block()
         self.bytes_written += n
         return n
 
@@ -190,44 +224,68 @@ class FileWriter:
         for c in chunks:
             self.write(c)
 
-    def _submit_current(self) -> None:
-        cur = self._cur
-        self._segs.append((cur, 0, len(cur)))
-        self._buffers.append(cur)
-        self._futures.append(self._flusher.submit(cur, self._store))
-        self._cur = BufferBlock(self._budget)
+    def _start_streaming(self) -> None:
+        """The file outgrew the small buffer: move its bytes to a block writer."""
+        small, self._small = self._small, None
+        assert small is not None
+        self._bw = self._store.open_writer(self._budget.release)
+        if small.data:
+            data = bytes(small.data)
+            # The block writer now owns these bytes' reservation.
+            with self._budget._cond:
+                small.reserved = 0
+            small.data = None
+            self._bw.write(data)
+        else:
+            small.release()
+
+    def _finish_block(self) -> None:
+        bw, self._bw = self._bw, None
+        assert bw is not None
+        self._blocks.append((self._flusher.submit_call(bw.finish), bw.size, bw))
         # Surface background failures early instead of at close.
-        for f in self._futures:
+        for f, _, _ in self._blocks:
             if f.done() and f.exception() is not None:
                 raise f.exception()  # type: ignore[misc]
 
     def close(self) -> Segments:
         """Wait for background stores; return the finished segment tuple.
 
-        The last partial block stays buffered: at commit it is stored, packed
-        together with other small buffered files of the same commit.
+        A small file comes back as one buffered segment: at commit it is
+        stored, packed together with other small files of the same commit.
         """
         if self.closed:
             raise ValueError("writer already closed")
         self.closed = True
-        if len(self._cur):
-            self._segs.append((self._cur, 0, len(self._cur)))
-            self._buffers.append(self._cur)
+        if self._small is not None:
+            small = self._small
+            return ((small, 0, len(small)),) if len(small) else ()
+        if self._bw is not None and self._bw.size:
+            self._finish_block()
+        elif self._bw is not None:
+            self._bw.abort()
+            self._bw = None
+        segs = []
         try:
-            for f in self._futures:
-                f.result()
+            for f, size, _ in self._blocks:
+                segs.append((f.result(), 0, size))
         except BaseException:
             self.abort()
             raise
-        return merge(self._segs)
+        return merge(segs)
 
     def abort(self) -> None:
         """Drop everything; blocks already stored become unreferenced."""
         self.closed = True
-        for f in self._futures:
-            f.cancel()
-        for buf in self._buffers + [self._cur]:
-            if buf.locator is None:
-                buf.data = None
-            buf.release()
-        self._segs = []
+        if self._bw is not None:
+            try:
+                self._bw.abort()
+            except BlockStoreError:
+                pass
+            self._bw = None
+        for f, _, bw in self._blocks:
+            if f.cancel():
+                bw.abort()  # never started: give its bytes (and budget) back
+        if self._small is not None:
+            self._small.data = None
+            self._small.release()
