@@ -69,6 +69,9 @@ def machine_facts(work: Path) -> dict[str, str]:
                                       capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
+    if not facts.get("git") and (REPO / ".bench-commit").exists():
+        # A frozen export (git archive) of a commit, so the code cannot change mid-run.
+        facts["git"] = (REPO / ".bench-commit").read_text().strip() + " (exported)"
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
