@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/run.py                 # full run (about 15 minutes on 2 vCPUs)
+    python bench/run.py                 # full run (about 7 minutes on 2 vCPUs)
     python bench/run.py --quick         # scaled-down sizes (under 2 minutes)
     python bench/run.py --only 1,3,5 --repeat 5 --json out.json
 
