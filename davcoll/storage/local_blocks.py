@@ -471,14 +471,16 @@ def _silent_unlink(path: Path) -> None:
 
 
 class LocalBlockWriter(BlockWriter):
-    """Writes one block to a temporary file while hashing it, in a helper
-    thread, then renames it to its locator.
+    """Writes one block to a temporary file while hashing it, then renames
+    it to its locator.
 
-    Why: an upload then never holds a 64 MiB block in memory (only a short
-    queue of chunks), and hashing plus writing overlap with receiving the
-    next chunks, since hashlib and file writes release the GIL.  The temp
-    file lives in ``blocks/tmp`` (swept by ``remove_stale_temps``) because its
-    final directory is only known once the md5 is.
+    Why: an upload then never holds a 64 MiB block in memory (only short
+    queues of chunks), and hashing and writing overlap with receiving the
+    next chunks.  Hashing and writing run in two helper threads, chained
+    (chunk k is written while chunk k+1 is hashed); both release the GIL,
+    so the rate is the slower of the two rather than their sum.  The temp
+    file lives in ``blocks/tmp`` (swept by ``remove_stale_temps``) because
+    its final directory is only known once the md5 is.
     """
 
     QUEUE_CHUNKS = 8
@@ -489,7 +491,8 @@ class LocalBlockWriter(BlockWriter):
         self.size = 0
         self._md5 = _md5()
         self._error: OSError | None = None
-        self._queue: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
+        self._to_hash: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
+        self._to_write: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
         tmp_dir = store.blocks_dir / "tmp"
         store._ensure_dir(tmp_dir)
         self._tmp = tmp_dir / f".tmp-stream-{secrets.token_hex(8)}"
@@ -497,24 +500,33 @@ class LocalBlockWriter(BlockWriter):
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as err:
             raise _unavailable("cannot start a block", err) from err
-        self._thread = threading.Thread(target=self._drain, name="davcoll-blockwriter", daemon=True)
-        self._thread.start()
+        self._hasher = threading.Thread(target=self._hash_loop, name="davcoll-blockhash", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="davcoll-blockwrite", daemon=True)
+        self._hasher.start()
+        self._writer.start()
         self._closed = False
 
-    def _drain(self) -> None:
+    def _hash_loop(self) -> None:
         while True:
-            item = self._queue.get()
+            item = self._to_hash.get()
+            if item is not None:
+                self._md5.update(item)
+            self._to_write.put(item)
             if item is None:
                 return
-            n = len(item)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._to_write.get()
+            if item is None:
+                return
             if self._error is None:
                 try:
-                    self._md5.update(item)
                     _write_all(self._fd, memoryview(item).cast("B"))
                 except OSError as err:
                     self._error = err
             if self._on_released is not None:
-                self._on_released(n)
+                self._on_released(len(item))
 
     def write(self, data: bytes | memoryview) -> None:
         if self._closed:
@@ -529,13 +541,14 @@ class LocalBlockWriter(BlockWriter):
         elif isinstance(data, bytearray):
             data = bytes(data)
         self.size += n
-        self._queue.put(data)
+        self._to_hash.put(data)
 
     def _stop(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join()
+            self._to_hash.put(None)
+            self._hasher.join()
+            self._writer.join()
 
     def finish(self) -> str:
         self._stop()
