@@ -286,6 +286,14 @@ class FileWriter:
         for f, _, bw in self._blocks:
             if f.cancel():
                 bw.abort()  # never started: give its bytes (and budget) back
+        # Blocks being stored right now release their bytes when they end;
+        # wait, so an aborted upload holds no budget once abort returns.
+        for f, _, _ in self._blocks:
+            if not f.cancelled():
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the upload is abandoned anyway
+                    pass
         if self._small is not None:
             self._small.data = None
             self._small.release()
