@@ -14,7 +14,8 @@ import pytest
 from conftest import load_vectors
 from davcoll.manifest import Dir, Manifest, normalize_manifest, parse_manifest, portable_data_hash
 from davcoll.storage.catalog import BadRequest, Conflict, InvalidManifest, NotFound
-from davcoll.storage.local_catalog import LocalCatalog, _VersionWriter, db_path_for
+from davcoll.storage import local_catalog
+from davcoll.storage.local_catalog import LocalCatalog, _render_dir, _VersionWriter, db_path_for
 from davcoll.storage.local_tokens import LocalTokenStore
 from davcoll.storage.replace_files import apply_to_tree, plan_replace_files
 
@@ -37,9 +38,39 @@ def text_of(cat: LocalCatalog, uuid: str) -> str:
     return cat.get(uuid).manifest_text or ""
 
 
-def dir_rows(cat: LocalCatalog) -> int:
+def entry_rows(cat: LocalCatalog) -> int:
+    """Rows of the entry history (schema 2: one per entry per version range)."""
     with sqlite3.connect(cat.path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM dirs").fetchone()[0]
+        return conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+
+def dir_rows(cat: LocalCatalog) -> tuple:
+    """Everything the tree is stored in: a failed update must change none of it.
+
+    (Schema 1 counted its one ``dirs`` table here; schema 2 has the entry
+    history plus the line cache, compared row for row.)
+    """
+    with sqlite3.connect(cat.path) as conn:
+        return (
+            conn.execute("SELECT * FROM entries ORDER BY cid, parent, name, v_from").fetchall(),
+            conn.execute("SELECT * FROM dir_lines ORDER BY cid, path").fetchall(),
+        )
+
+
+def check_line_cache(cat: LocalCatalog, uuid: str) -> None:
+    """The line cache has one row per current directory (root included), and
+    every line it holds equals a fresh rendering from the entry rows."""
+    with sqlite3.connect(cat.path) as conn:
+        (cid,) = conn.execute("SELECT id FROM collections WHERE uuid = ?", (uuid,)).fetchone()
+        cached = dict(conn.execute("SELECT path, line FROM dir_lines WHERE cid = ?", (cid,)))
+        dirs = {
+            f"{p}/{n}" if p else n
+            for p, n in conn.execute("SELECT parent, name FROM entries WHERE cid = ? AND v_to IS NULL AND kind = 'd'", (cid,))
+        }
+        assert set(cached) == dirs | {""}
+        for path, line in cached.items():
+            if line is not None:
+                assert line == _render_dir(conn, cid, path), path
 
 
 # --- records, round trips, validation ---------------------------------------
@@ -432,6 +463,7 @@ def test_random_updates_agree_with_apply_to_tree(tmp_path):
             outcomes["BadRequest"] += 1
             continue
         res = cat.update(uuid, replace_files=rf, manifest_text=new_text or None)
+        check_line_cache(cat, uuid)  # before the read below renders what is stale
         want = Manifest(expected).to_text()
         got = text_of(cat, uuid)
         assert got == want, (rf, new_text)
@@ -443,6 +475,8 @@ def test_random_updates_agree_with_apply_to_tree(tmp_path):
     assert outcomes["ok"] > 100 and outcomes["BadRequest"] > 10
     for version in rng.sample(sorted(history), 30):
         assert cat.get_version(uuid, version).manifest_text == history[version]
+    check_line_cache(cat, uuid)
+    check_line_cache(cat, other_rec.uuid)
     cat.close()
 
 
@@ -552,11 +586,11 @@ def test_update_writes_only_the_touched_directory(cat):
     """The cost model: a one-file PUT adds one row, whatever the size."""
     text = "".join(f"./dir{i:03d} {FOO} 0:3:f\n" for i in range(200))
     uuid = cat.create("big", text).uuid
-    before = dir_rows(cat)
+    before = entry_rows(cat)
     put_file(cat, uuid, "/dir123/new", BAR)
-    assert dir_rows(cat) == before + 1
-    put_file(cat, uuid, "/fresh/deep/new", BAR)  # two new dirs; the root line is unchanged ('')
-    assert dir_rows(cat) == before + 3
+    assert entry_rows(cat) == before + 1
+    put_file(cat, uuid, "/fresh/deep/new", BAR)  # two new directories and the file
+    assert entry_rows(cat) == before + 1 + 3
 
 
 def test_deep_paths(cat):
@@ -570,3 +604,315 @@ def test_deep_paths(cat):
     assert node["f"] == ((FOO, 0, 3),)
     cat.update(uuid, replace_files={"/l0": ""})
     assert text_of(cat, uuid) == ""
+
+
+# --- schema 2: cost follows the change ----------------------------------------
+
+
+def db_size(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists())
+
+
+def test_storage_per_update_follows_the_change(tmp_path):
+    """3,000 one-file PUTs into one directory store ~3,000 entry rows, not
+    3,000 copies of a growing directory line (schema 1: 272 MiB)."""
+    cat = LocalCatalog(tmp_path / "c.sqlite3", synchronous="OFF")
+    uuid = cat.create("flat").uuid
+    n = 3000
+    for i in range(n):
+        loc = f"{i:032x}+4096"
+        put_file(cat, uuid, f"/flat/f{i:05d}", loc)
+    with sqlite3.connect(cat.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == n + 1  # the files and /flat
+        assert conn.execute("SELECT COUNT(*) FROM entries WHERE v_to IS NOT NULL").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM dir_lines").fetchone()[0] == 2  # root and /flat
+        assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == n + 1
+        # Rows hold segments, never rendered text: the biggest one is one file's.
+        assert conn.execute("SELECT MAX(LENGTH(segs)) FROM entries").fetchone()[0] < 60
+    root = parse_manifest(text_of(cat, uuid)).root
+    assert len(root["flat"]) == n and root["flat"]["f02999"] == ((f"{2999:032x}+4096", 0, 4096),)
+    cat.close()
+    assert db_size(tmp_path / "c.sqlite3") < 4 << 20
+
+
+def test_overwrites_close_one_row_each(cat):
+    """Rewriting one file of a big directory closes its row and adds one."""
+    text = ". " + FOO + " " + " ".join(f"0:3:f{i:04d}" for i in range(2000)) + "\n"
+    uuid = cat.create("big", text).uuid
+    before = entry_rows(cat)
+    for _ in range(5):
+        put_file(cat, uuid, "/f0100", BAR)
+    put_file(cat, uuid, "/f0100", FOO)
+    assert entry_rows(cat) == before + 6
+    with sqlite3.connect(cat.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM entries WHERE v_to IS NOT NULL").fetchone()[0] == 6
+    assert text_of(cat, uuid) == text  # back to the original content, same text
+
+
+class RenderCounter:
+    """Counts ``render_stream`` calls made by the catalog, by stream name."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        real = local_catalog.render_stream
+
+        def counting(stream, files, **kw):
+            self.calls.append(stream)
+            return real(stream, files, **kw)
+
+        monkeypatch.setattr(local_catalog, "render_stream", counting)
+
+
+def null_lines(cat: LocalCatalog) -> list[str]:
+    with sqlite3.connect(cat.path) as conn:
+        return sorted(p for (p,) in conn.execute("SELECT path FROM dir_lines WHERE line IS NULL"))
+
+
+def test_reading_after_an_update_renders_only_the_touched_directory(tmp_path, monkeypatch):
+    cat = LocalCatalog(tmp_path / "c.sqlite3", cheap_pdh_chars=0)  # no PDH (hence no rendering) in updates
+    text = "".join(f"./dir{i:03d} {FOO} {BAR} " + " ".join(f"{j % 2 * 3}:3:f{j:03d}" for j in range(50)) + "\n" for i in range(100))
+    uuid = cat.create("c", text).uuid
+    counter = RenderCounter(monkeypatch)
+    assert text_of(cat, uuid) == text and counter.calls == []  # create filled the cache
+
+    put_file(cat, uuid, "/dir042/new", BAR)
+    assert counter.calls == [] and null_lines(cat) == ["dir042"]  # the update rendered nothing
+    first = cat.get(uuid)
+    assert counter.calls == ["./dir042"]
+    assert null_lines(cat) == []  # stored back
+    assert cat.get(uuid).manifest_text == first.manifest_text and counter.calls == ["./dir042"]
+    assert first.portable_data_hash == portable_data_hash(first.manifest_text)
+
+    counter.calls.clear()
+    put_file(cat, uuid, "/fresh/deep/new", BAR)  # mkdir -p: two new directories
+    assert null_lines(cat) == ["fresh", "fresh/deep"]  # the root's line ('') cannot change
+    cat.get(uuid)
+    assert counter.calls == ["./fresh/deep"]  # /fresh has no files: '' needs no rendering
+
+    counter.calls.clear()
+    cat.update(uuid, replace_files={"/moved": "current/dir007", "/dir007": ""})
+    assert null_lines(cat) == []  # a moved directory keeps its line (re-based)
+    got = cat.get(uuid).manifest_text
+    assert counter.calls == []
+    assert got == normalize_manifest(got) and f"./moved {FOO} {BAR} " in got and "./dir007 " not in got
+
+    cat.update(uuid, replace_files={"/fresh/deep/new": ""})  # /fresh/deep becomes an empty dir
+    assert null_lines(cat) == ["fresh/deep"]
+    assert f"./fresh/deep {EMPTY} 0:0:\\056\n" in text_of(cat, uuid)
+    cat.close()
+
+
+def test_a_read_never_caches_lines_of_a_superseded_version(tmp_path):
+    """A reader renders version N; an update commits N+1 touching the same
+    directory before the reader stores its lines: they must be dropped."""
+    cat = LocalCatalog(tmp_path / "c.sqlite3", cheap_pdh_chars=0)
+    uuid = cat.create("c", BASE).uuid
+    put_file(cat, uuid, "/d/new", BAR)  # /d is stale now
+    with cat._read() as conn:
+        row = cat._collection_row(conn, uuid)
+        rec, computed = cat._snapshot(conn, row, row[5], with_manifest=True, current=True)
+    assert computed is not None and set(computed.lines) == {"d"}
+    put_file(cat, uuid, "/d/newer", FOO)  # commits while the reader holds its result
+    cat._remember(computed)
+    assert null_lines(cat) == ["d"]
+    assert parse_manifest(text_of(cat, uuid)).root["d"]["newer"] == ((FOO, 0, 3),)
+    # ... while a result that is still current is stored, PDH included.
+    with cat._read() as conn:
+        row = cat._collection_row(conn, uuid)
+        rec, computed = cat._snapshot(conn, row, row[5], with_manifest=True, current=True)
+    cat._remember(computed)
+    assert null_lines(cat) == [] and cat.get(uuid, with_manifest=False).portable_data_hash == rec.portable_data_hash
+    cat.close()
+
+
+def test_every_version_reads_back_byte_identical(tmp_path):
+    """What ``get`` returned at each version is what ``get_version`` (and a
+    PDH lookup) returns later, after many more changes of every kind."""
+    rng = random.Random(99)
+    cat = LocalCatalog(tmp_path / "c.sqlite3", synchronous="OFF", cheap_pdh_chars=0)
+    uuid = cat.create("v", BASE).uuid
+    seen = {1: (text_of(cat, uuid), cat.get(uuid).portable_data_hash)}
+    blocks = [FOO, BAR, "8d777f385d3dfec8815d20f7496026dc+4"]
+    for step in range(400):
+        tree = parse_manifest(text_of(cat, uuid)).root
+        paths = all_paths(tree)
+        r = rng.random()
+        name = rng.choice(NAMES)
+        where = rng.choice([p for p in paths if type(lookup_path(tree, p)) is Dir] + [""])
+        if r < 0.45 or not paths:
+            loc = rng.choice(blocks)
+            cat.update(uuid, replace_files={f"{where}/{name}": "manifest_text/f"},
+                       manifest_text=f". {loc} 0:{loc.split('+')[1]}:f\n")
+        elif r < 0.6:
+            cat.update(uuid, replace_files={rng.choice(paths): ""})
+        elif r < 0.75:
+            src = rng.choice(paths)
+            target = f"{where}/{name}"
+            if target == src or target.startswith(src + "/"):
+                continue
+            rf = {target: f"current{src}"}
+            if rng.random() < 0.5:
+                rf[src] = ""  # a move
+            try:
+                cat.update(uuid, replace_files=rf)
+            except BadRequest:
+                continue  # e.g. a deleting ancestor and a target below it
+        elif r < 0.85:
+            cat.update(uuid, replace_files={f"{where}/{name}": "manifest_text/m"}, manifest_text=f"./m {EMPTY} 0:0:\\056\n")
+        elif r < 0.9:
+            cat.update(uuid, properties={"step": step})
+        elif r < 0.95:
+            cat.update(uuid, manifest_text=Manifest(random_tree(rng)).to_text())
+        else:
+            cat.update(uuid, replace_files={"/": "current/"})  # same content, new version
+        rec = cat.get(uuid)
+        seen[rec.version] = (rec.manifest_text, rec.portable_data_hash)
+    assert len(seen) > 300
+    for version, (text, pdh) in seen.items():
+        old = cat.get_version(uuid, version)
+        assert old.manifest_text == text, version
+        assert old.portable_data_hash == pdh == portable_data_hash(text)
+        assert text == normalize_manifest(text)
+    newest = max(seen)
+    for version in rng.sample(sorted(seen), 20):  # a PDH names the newest version with that text
+        found = cat.get(seen[version][1])
+        assert found.manifest_text == seen[version][0]
+    check_line_cache(cat, uuid)
+    # The cache agrees with a full re-render: drop every line and read again.
+    with sqlite3.connect(cat.path) as conn:
+        conn.execute("UPDATE dir_lines SET line = NULL")
+    assert text_of(cat, uuid) == seen[newest][0]
+    cat.close()
+
+
+def lookup_path(tree: Dir, path: str):
+    node = tree
+    for part in path.strip("/").split("/"):
+        node = node[part]
+    return node
+
+
+def test_referenced_blocks_cover_every_version(cat):
+    third = "8d777f385d3dfec8815d20f7496026dc+4"
+    uuid = cat.create("g", f". {FOO}+Kzzzzz {BAR} 0:3:a 3:3:b\n").uuid
+    put_file(cat, uuid, "/c", third)
+    cat.update(uuid, replace_files={"/a": "", "/c": ""})
+    cat.update(uuid, manifest_text="")
+    assert cat.referenced_blocks() == {FOO, BAR, third}
+    assert cat.get_version(uuid, 1).manifest_text == f". {FOO}+Kzzzzz {BAR} 0:3:a 3:3:b\n"  # hints other than +A stay
+
+
+V1_SCHEMA = (
+    """CREATE TABLE collections (uuid TEXT PRIMARY KEY, name TEXT NOT NULL, owner_uuid TEXT NOT NULL,
+        created_at TEXT NOT NULL, modified_at TEXT NOT NULL, version INTEGER NOT NULL, properties TEXT NOT NULL,
+        is_trashed INTEGER NOT NULL DEFAULT 0, trashed_at TEXT)""",
+    "CREATE UNIQUE INDEX collections_live_name ON collections(name) WHERE is_trashed = 0",
+    """CREATE TABLE versions (uuid TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+        properties TEXT NOT NULL, modified_at TEXT NOT NULL, text_chars INTEGER NOT NULL, pdh TEXT,
+        PRIMARY KEY (uuid, version)) WITHOUT ROWID""",
+    "CREATE INDEX versions_pdh ON versions(pdh) WHERE pdh IS NOT NULL",
+    "CREATE TABLE dirs (uuid TEXT NOT NULL, path TEXT NOT NULL, line TEXT NOT NULL, v_from INTEGER NOT NULL, v_to INTEGER)",
+    "CREATE UNIQUE INDEX dirs_current ON dirs(uuid, path) WHERE v_to IS NULL",
+    "CREATE INDEX dirs_history ON dirs(uuid, path, v_from)",
+)
+
+
+def test_schema_1_database_is_migrated(tmp_path):
+    """A database written by the one-row-per-directory catalog opens with all
+    versions intact (and the token table untouched)."""
+    path = tmp_path / "catalog.sqlite3"
+    store = LocalTokenStore(path)
+    token = store.create(False, "keep me")
+    store.close()
+    uuid = "dvcol-4zz18-000000000000001"
+    ts = "2026-01-01T00:00:00.000000Z"
+    marker = f"./m {EMPTY} 0:0:\\056\n"
+    v2 = f". {FOO} {BAR} 0:3:a 3:3:b\n{marker}"
+    with sqlite3.connect(path) as conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO collections VALUES (?, 'old', '', ?, ?, 2, '{}', 0, NULL)", (uuid, ts, ts))
+        conn.execute("INSERT INTO versions VALUES (?, 1, 'old', '{}', ?, ?, ?)", (uuid, ts, len(BASE), portable_data_hash(BASE)))
+        conn.execute("INSERT INTO versions VALUES (?, 2, 'old', '{}', ?, ?, NULL)", (uuid, ts, len(v2)))
+        conn.executemany(
+            "INSERT INTO dirs VALUES (?, ?, ?, ?, ?)",
+            [
+                (uuid, "", f". {FOO} {BAR} 0:3:a 3:3:b\n", 1, None),
+                (uuid, "d", f"./d {FOO} 0:3:x\n", 1, 2),
+                (uuid, "d/e", f"./d/e {BAR} 0:3:y\n", 1, 2),
+                (uuid, "m", marker, 2, None),
+            ],
+        )
+        conn.execute("PRAGMA user_version = 1")
+    cat = LocalCatalog(path)
+    assert text_of(cat, uuid) == v2
+    assert cat.get_version(uuid, 1).manifest_text == BASE
+    assert cat.get(portable_data_hash(BASE)).version == 1
+    check_line_cache(cat, uuid)
+    put_file(cat, uuid, "/m/f", FOO)
+    assert text_of(cat, uuid) == f". {FOO} {BAR} 0:3:a 3:3:b\n./m {FOO} 0:3:f\n"
+    assert cat.create("new", BASE).uuid != uuid and cat.find_by_name("old").uuid == uuid
+    with pytest.raises(Conflict):
+        cat.create("old")  # the live-name index was rebuilt with the table
+    assert cat.referenced_blocks() == {FOO, BAR}
+    cat.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "dirs" not in tables and "collections_v1" not in tables
+    store = LocalTokenStore(path)
+    assert store.lookup(token).label == "keep me"
+    store.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 3")
+    with pytest.raises(RuntimeError, match="newer"):
+        LocalCatalog(path)
+
+
+def test_readers_caching_lines_race_writers_safely(tmp_path):
+    """Readers store rendered lines back while writers keep invalidating them:
+    the cache must never end up holding a line of a superseded version."""
+    cat = LocalCatalog(tmp_path / "c.sqlite3", synchronous="OFF", cheap_pdh_chars=0)
+    uuid = cat.create("race", BASE).uuid
+    workers, count = 3, 25
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(who: int) -> None:
+        try:
+            for i in range(count):
+                put_file(cat, uuid, f"/d/w{who}-{i}", FOO if i % 2 else BAR)
+                put_file(cat, uuid, f"/p{who}/f{i}", FOO)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                rec = cat.get(uuid)
+                assert rec.portable_data_hash == portable_data_hash(rec.manifest_text)
+                assert rec.manifest_text == normalize_manifest(rec.manifest_text)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(workers)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors
+    check_line_cache(cat, uuid)
+    root = parse_manifest(text_of(cat, uuid)).root
+    assert sorted(root["d"]) == sorted(["x", "e"] + [f"w{w}-{i}" for w in range(workers) for i in range(count)])
+    check_line_cache(cat, uuid)
+    cat.close()

@@ -2,41 +2,93 @@
 
 Why the storage looks like this
 -------------------------------
-A collection may hold a million files, yet a WebDAV PUT changes one.  So the
-tree is not stored as one manifest blob but as **one row per directory**
-holding that directory's normalized stream line (``render_stream`` output,
-the empty-directory marker line, or ``''`` for a directory that only holds
-subdirectories; the root has path ``''``).  An update re-renders only the
-directories it touches, so its cost follows the size of the change.  The full
-manifest is assembled on demand by sorting a version's rows depth-first and
-concatenating them, which yields the Python SDK's normalized layout (2.9).
+A collection may hold a million files, yet a WebDAV PUT changes one, and a
+directory may hold many thousands of files, yet a PUT into it adds one.  So
+an update must cost -- in CPU and in stored bytes -- the size of the change,
+not the size of the collection nor of the directory it touches.  Two tables
+carry the tree:
 
-Versions are kept with row ranges: a row is part of every version ``v`` with
-``v_from <= v < v_to`` (``v_to`` NULL = still current).  An update to version
-``N`` closes the rows it replaces (``v_to = N``) and inserts new ones
-(``v_from = N``), so every older version stays readable, and -- usefully --
-"the collection as it was before this request" (what ``current/`` sources
-of ``replace_files`` read) is simply the previous version, even halfway
-through the update.
+``entries``: the history, one row per entry per range of versions.
+    ``(cid, parent, name, kind, segs, v_from, v_to)``: ``kind`` is ``'f'``
+    (file) or ``'d'`` (directory); ``segs`` is a file's segments as text,
+    ``"locator offset length"`` triples joined by spaces (``''`` for an
+    empty file, NULL for a directory).  Every directory has its own row --
+    empty ones, and every parent implied by a deeper path -- so empty
+    directories persist and ``mkdir -p`` is explicit; the root is implicit.
+    A row belongs to every version ``v`` with ``v_from <= v < v_to``
+    (``v_to`` NULL = still current).  An update to version ``N`` closes the
+    rows it replaces (``v_to = N``) and inserts the new ones (``v_from =
+    N``): O(changed entries), never a rewrite of a directory.
+
+``dir_lines``: a cache of the *current* version only.
+    ``(cid, path, line)``: each current directory's rendered normalized
+    stream line (``render_stream`` output, the empty-directory marker line,
+    or ``''`` for a directory holding only subdirectories and for a root
+    without files).  There is exactly one row per current directory (root
+    included); ``line`` NULL means "stale".  An update sets the line of each
+    directory whose direct *files* changed to NULL (and of a file-less
+    directory whose subdirectories changed, since marker vs ``''`` depends on
+    them) -- it never renders anything itself.  Reading the full manifest
+    renders the stale lines from the entry rows, concatenates all lines in
+    depth-first order, and stores the rendered lines back in a short
+    separate transaction.  So a warm read of a million files is a read of
+    ~10k cached strings, and a read after an update re-renders only the
+    directories that update touched.
+
+Refinements of the obvious layout, and why:
+
+* ``cid`` is a small integer (``collections.id``) rather than the 27-char
+  UUID, and a path is stored as ``(parent, name)`` rather than as path plus
+  parent plus name: at a million rows, each repeated string in the table
+  and in its index costs tens of MB.  ``(cid, parent, name, v_from)`` is
+  the primary key of a ``WITHOUT ROWID`` table, so the table itself is the
+  history index ("row at path P at version v" is one descent).
+* The current state has its own partial index ``entries_current`` on
+  ``(cid, parent, name) WHERE v_to IS NULL``; it answers "current row at
+  path P" (one probe), "current children of directory X" (one range, in
+  name order -- byte order of UTF-8 is code-point order, which is what the
+  normalized layout sorts by) and "current rows under X": those whose
+  parent is X, or starts with ``X/``, i.e. ``parent >= X/ AND parent < X0``
+  (``0`` is the character after ``/``; names such as ``a-b``, ``a.b``,
+  ``a0`` sort outside that range).  Queries on the current tree name the
+  index (``INDEXED BY``): without statistics the planner may prefer the
+  primary key and walk every historical row.
+* Rows valid at an old version ``v`` are found by scanning the collection's
+  rows in primary-key order and filtering on ``v_from``/``v_to``; no single
+  index range can select an interval-containment, and reading an old
+  version is allowed to cost O(collection history).  Old versions are
+  rendered from a tree built out of those rows (``Manifest.to_text``),
+  which produces the same bytes as the cached lines did when that version
+  was current.
+
+Locators are stored as the collection stores them: ``+A`` signatures are
+stripped on the way in (spec 8), other hints stay, so the manifest text is
+exactly what the previous design returned (and normally the locators are
+bare ``md5+size``).  ``referenced_blocks`` reduces them to ``md5+size``.
 
 The portable data hash needs the whole text, so it is computed lazily: when
 a manifest is read, when a change replaces the whole text anyway, or when
-the collection is small (``cheap_pdh_chars``); it is cached per version.
+the collection is small; it is cached per version.  "Small" is judged by
+``versions.approx_chars``, an estimate of the text size kept up to date from
+the rows an update inserts and closes (exact sizes would need the rendered
+lines, which updates deliberately do not produce).
 
-Concurrency
------------
+Concurrency and transactions
+----------------------------
 Every change runs in one ``BEGIN IMMEDIATE`` transaction: SQLite's write
 lock then serializes writers across threads *and* processes sharing the data
 directory, and the update reads the stored version inside the same
 transaction, so two ``replace_files`` updates to different paths never lose
-each other's edits.  Reads run in a deferred transaction (a WAL snapshot), so
-a manifest is assembled from one consistent version.  Each thread uses its
-own connection (``ThreadConnections``); a connection is never shared between
-threads.
-
-Paths are stored decoded (``a/b``), compared byte-wise by SQLite.  The rows
-under directory ``p`` are exactly those with ``p/ <= path < p0`` (``0`` is
-the character after ``/``), which is how subtrees are selected by range.
+each other's edits.  The sources of a ``replace_files`` request are read at
+the start of that transaction, before any edit, so ``current/`` sees the
+pre-request tree (swaps work).  Reads run in a deferred transaction (a WAL
+snapshot), so a manifest is assembled from one consistent version.  Lines
+and a PDH computed by a read are written back afterwards in a *separate*
+short IMMEDIATE transaction that waits at most ``_CACHE_WAIT_MS`` for the
+lock (an update never waits long behind it; a busy database only costs a
+re-render later) and that only stores them if the collection is still at
+the version they were computed for.  Each thread uses its own connection
+(``ThreadConnections``); a connection is never shared between threads.
 """
 
 from __future__ import annotations
@@ -48,15 +100,16 @@ import secrets
 import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..manifest import (
-    bare_locator,
     Dir,
+    Manifest,
     ManifestError,
+    bare_locator,
     escape_name,
     is_portable_data_hash,
     parse_manifest,
@@ -68,6 +121,7 @@ from ..manifest import (
 from .catalog import (
     BadRequest,
     Catalog,
+    CatalogError,
     CollectionRecord,
     Conflict,
     InvalidManifest,
@@ -78,19 +132,23 @@ from .catalog import (
 from .replace_files import CURRENT, DELETE, MANIFEST_TEXT, ReplaceOp, lookup, plan_replace_files
 from .signatures import strip_manifest_signatures
 
-__all__ = ["LocalCatalog", "DB_FILENAME", "db_path_for", "ThreadConnections"]
+__all__ = ["LocalCatalog", "DB_FILENAME", "db_path_for", "ThreadConnections", "rfc3339_now"]
 
 DB_FILENAME = "catalog.sqlite3"
 _UUID_RE = re.compile(r"[a-z0-9]{5}-4zz18-[a-z0-9]{15}")
 _CLUSTER_RE = re.compile(r"[a-z0-9]{5}")
 _UUID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another one
-_PDH_CACHE_WAIT_MS = 200  # ... and a read that only wants to cache a PDH
+_CACHE_WAIT_MS = 200  # ... and a read that only wants to cache lines or a PDH
+_MARKER_TAIL = " 0:0:\\056\n"  # how every empty-directory marker line ends
+_ROW_OVERHEAD = 8  # approx_chars: separators and positions per entry
 
 _SCHEMA = (
+    # ``id`` is the compact key the tree tables use instead of the UUID.
     """CREATE TABLE IF NOT EXISTS collections (
-        uuid TEXT PRIMARY KEY,
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL UNIQUE,
         name TEXT NOT NULL,
         owner_uuid TEXT NOT NULL,
         created_at TEXT NOT NULL,
@@ -103,30 +161,42 @@ _SCHEMA = (
     # Names are unique among live collections only (trash frees a name).
     """CREATE UNIQUE INDEX IF NOT EXISTS collections_live_name ON collections(name) WHERE is_trashed = 0""",
     # One row per version: what the collection record looked like then.
-    # text_chars is the length of the assembled manifest (to decide whether a
-    # PDH is cheap), and pdh is filled in lazily.
+    # approx_chars estimates the manifest's length (to decide whether a PDH
+    # is cheap), and pdh is filled in lazily.
     """CREATE TABLE IF NOT EXISTS versions (
         uuid TEXT NOT NULL,
         version INTEGER NOT NULL,
         name TEXT NOT NULL,
         properties TEXT NOT NULL,
         modified_at TEXT NOT NULL,
-        text_chars INTEGER NOT NULL,
+        approx_chars INTEGER NOT NULL,
         pdh TEXT,
         PRIMARY KEY (uuid, version)
     ) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS versions_pdh ON versions(pdh) WHERE pdh IS NOT NULL""",
-    # One row per directory per range of versions [v_from, v_to).
-    """CREATE TABLE IF NOT EXISTS dirs (
-        uuid TEXT NOT NULL,
-        path TEXT NOT NULL,
-        line TEXT NOT NULL,
+    # One row per entry per range of versions [v_from, v_to) (see above).
+    """CREATE TABLE IF NOT EXISTS entries (
+        cid INTEGER NOT NULL,
+        parent TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        segs TEXT,
         v_from INTEGER NOT NULL,
-        v_to INTEGER
+        v_to INTEGER,
+        PRIMARY KEY (cid, parent, name, v_from)
+    ) WITHOUT ROWID""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS entries_current ON entries(cid, parent, name) WHERE v_to IS NULL""",
+    # The line cache of current directories (NULL line = to be rendered).
+    """CREATE TABLE IF NOT EXISTS dir_lines (
+        cid INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        line TEXT,
+        PRIMARY KEY (cid, path)
     )""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS dirs_current ON dirs(uuid, path) WHERE v_to IS NULL""",
-    """CREATE INDEX IF NOT EXISTS dirs_history ON dirs(uuid, path, v_from)""",
 )
+
+# Current-tree queries name the partial index (see the module docstring).
+_CUR = "entries INDEXED BY entries_current"
 
 
 def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
@@ -214,7 +284,7 @@ def _transaction(conn: sqlite3.Connection, mode: str) -> Iterator[sqlite3.Connec
 
 
 # ---------------------------------------------------------------------------
-# Directory rows <-> text
+# Paths, segments and lines
 
 
 def stream_name(path: str) -> str:
@@ -228,18 +298,57 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _parent(path: str) -> tuple[str, str]:
+def _under(top: str, rel: str) -> str:
+    """``rel`` (relative, '' = the top itself) placed below ``top``."""
+    if not rel:
+        return top
+    return f"{top}/{rel}" if top else rel
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``(parent, name)`` of a non-root path."""
     parent, _, name = path.rpartition("/")
     return parent, name
 
 
 def _subtree_bounds(path: str) -> tuple[str, str]:
-    """``[lo, hi)`` covering the strict descendants of a non-root path."""
+    """``[lo, hi)`` of the strings that start with ``path + '/'`` (non-root)."""
     return path + "/", path + "0"
 
 
+def encode_segs(segs: tuple) -> str:
+    """A file's segments as stored: ``"loc off len"`` triples, space-joined.
+
+    Space is safe as the separator: locators, offsets and lengths never
+    contain one.
+    """
+    if len(segs) == 1:
+        loc, off, ln = segs[0]
+        return f"{loc} {off} {ln}"
+    return " ".join(f"{loc} {off} {ln}" for loc, off, ln in segs)
+
+
+def decode_segs(text: str) -> tuple:
+    """Inverse of :func:`encode_segs`."""
+    if not text:
+        return ()
+    t = text.split(" ")
+    if len(t) == 3:
+        return ((t[0], int(t[1]), int(t[2])),)
+    return tuple((t[i], int(t[i + 1]), int(t[i + 2])) for i in range(0, len(t), 3))
+
+
+def _approx(parent: str, name: str, segs: str | None) -> int:
+    """An entry's contribution to ``approx_chars`` (the same formula as SQL's
+    ``_APPROX_SQL``: both count characters)."""
+    return len(parent) + len(name) + (len(segs) if segs else 0) + _ROW_OVERHEAD
+
+
+_APPROX_SQL = f"COALESCE(SUM(LENGTH(parent) + LENGTH(name) + IFNULL(LENGTH(segs), 0) + {_ROW_OVERHEAD}), 0)"
+
+
 def _dir_line(path: str, files: Sequence[tuple[str, tuple]], has_subdirs: bool) -> str:
-    """The stored line of a directory given its (sorted) files."""
+    """The normalized line of a directory given its (sorted) files."""
     if files:
         return render_stream(stream_name(path), files)
     if has_subdirs or not path:
@@ -247,54 +356,64 @@ def _dir_line(path: str, files: Sequence[tuple[str, tuple]], has_subdirs: bool) 
     return render_empty_dir(stream_name(path))
 
 
-def _has_files(line: str) -> bool:
-    """True if a stored line lists files (it is neither '' nor a marker)."""
-    return bool(line) and not line.endswith(" 0:0:\\056\n")
+def _has_files(line: str | None) -> bool:
+    """True if a line lists files (it is neither '' nor a marker).
 
-
-def _line_files(line: str) -> dict[str, tuple]:
-    """Files of one stored (normalized, single-directory) line."""
-    if not _has_files(line):
-        return {}
-    _, entries = parse_stream(line[:-1])
-    return dict(entries)
+    A marker line is recognised by its last token: a file literally named
+    ``.`` cannot exist, and a file named ``\\056`` is escaped as ``\\134056``.
+    """
+    return bool(line) and not line.endswith(_MARKER_TAIL)  # type: ignore[union-attr]
 
 
 def _rebase(line: str, new_path: str) -> str:
-    """A stored line moved to another directory: only its stream token changes."""
+    """A line moved to another directory: only its stream token changes."""
     if not line:
         return line
     return stream_name(new_path) + line[line.index(" ") :]
 
 
-def tree_rows(root: Dir, base: str = "") -> Iterator[tuple[str, str]]:
-    """Stored rows ``(path, line)`` of an in-memory tree placed at ``base``.
-
-    Iterative, so arbitrarily deep trees cannot hit the recursion limit.
-    """
-    stack: list[tuple[str, Dir]] = [(base, root)]
-    while stack:
-        path, d = stack.pop()
-        files = []
-        subdirs = []
-        for name in sorted(d):
-            v = d[name]
-            if type(v) is tuple:
-                files.append((name, v))
-            else:
-                subdirs.append((_join(path, name), v))
-        yield path, _dir_line(path, files, bool(subdirs))
-        stack.extend(subdirs)
-
-
 def assemble(rows: Iterable[tuple[str, str]]) -> str:
-    """Full normalized manifest from one version's rows.
+    """Full normalized manifest from every directory's ``(path, line)``.
 
     Sorting by the tuple of decoded components gives the depth-first order
     of spec 2.9 (``a``, ``a/c``, ``a-b``), which plain string order does not.
     """
     ordered = sorted(rows, key=lambda r: r[0].split("/"))
     return "".join(line for _, line in ordered)
+
+
+Row = tuple  # (parent, name, kind, segs): one entry, relative or absolute
+
+
+def _row_key(row: Row) -> tuple[str, str]:
+    return row[0], row[1]
+
+
+def tree_parts(root: Dir, base: str = "") -> tuple[list[Row], list[tuple[str, str]]]:
+    """Entry rows and directory lines of an in-memory tree placed at ``base``.
+
+    ``base`` itself gets a line but no row (the caller adds it, if it is not
+    the root).  Iterative, so arbitrarily deep trees cannot hit the
+    recursion limit.
+    """
+    rows: list[Row] = []
+    lines: list[tuple[str, str]] = []
+    stack: list[tuple[str, Dir]] = [(base, root)]
+    while stack:
+        path, d = stack.pop()
+        files = []
+        has_subdirs = False
+        for name in sorted(d):
+            v = d[name]
+            if type(v) is tuple:
+                files.append((name, v))
+                rows.append((path, name, "f", encode_segs(v)))
+            else:
+                has_subdirs = True
+                rows.append((path, name, "d", None))
+                stack.append((_join(path, name), v))
+        lines.append((path, _dir_line(path, files, has_subdirs)))
+    return rows, lines
 
 
 def _parse_incoming(manifest_text: str | None) -> Dir:
@@ -310,54 +429,102 @@ def _parse_incoming(manifest_text: str | None) -> Dir:
 
 
 # ---------------------------------------------------------------------------
-# Reading rows (any connection, inside a transaction for consistency)
+# Reading the tree (any connection, inside a transaction for consistency)
 
 
-# Queries on the current tree name the partial index explicitly: without
-# statistics the planner would pick dirs_history and walk every old row.
-_CURRENT = "dirs INDEXED BY dirs_current"
-
-
-def _current_rows(conn: sqlite3.Connection, uuid: str) -> list[tuple[str, str]]:
-    return conn.execute(f"SELECT path, line FROM {_CURRENT} WHERE uuid = ? AND v_to IS NULL", (uuid,)).fetchall()
-
-
-def _rows_at(conn: sqlite3.Connection, uuid: str, version: int) -> list[tuple[str, str]]:
+def _current_entry(conn: sqlite3.Connection, cid: int, path: str) -> tuple[str, str | None, int] | None:
+    """``(kind, segs, v_from)`` of the current row at a non-root ``path``."""
+    parent, name = _split(path)
     return conn.execute(
-        "SELECT path, line FROM dirs WHERE uuid = ? AND v_from <= ? AND (v_to IS NULL OR v_to > ?)",
-        (uuid, version, version),
-    ).fetchall()
+        f"SELECT kind, segs, v_from FROM {_CUR} WHERE cid = ? AND parent = ? AND name = ? AND v_to IS NULL",
+        (cid, parent, name),
+    ).fetchone()
 
 
-def _line_at(conn: sqlite3.Connection, uuid: str, path: str, version: int) -> str | None:
-    """A directory's line in a version, or None if it did not exist then.
+def _entry_at(conn: sqlite3.Connection, cid: int, path: str, version: int) -> tuple[str, str | None] | None:
+    """``(kind, segs)`` of the row at a non-root ``path`` in ``version``.
 
     The newest row starting at or before ``version`` is the only candidate
     (row ranges of one path never overlap); it counts if still open then.
     """
+    parent, name = _split(path)
     row = conn.execute(
-        "SELECT line, v_to FROM dirs WHERE uuid = ? AND path = ? AND v_from <= ? ORDER BY v_from DESC LIMIT 1",
-        (uuid, path, version),
+        "SELECT kind, segs, v_to FROM entries WHERE cid = ? AND parent = ? AND name = ? AND v_from <= ?"
+        " ORDER BY v_from DESC LIMIT 1",
+        (cid, parent, name, version),
     ).fetchone()
-    if row is None or (row[1] is not None and row[1] <= version):
+    if row is None or (row[2] is not None and row[2] <= version):
         return None
-    return row[0]
+    return row[0], row[1]
 
 
-def _subtree_at(conn: sqlite3.Connection, uuid: str, path: str, version: int) -> list[tuple[str, str]]:
-    """Rows of directory ``path`` and everything below it, in a version."""
-    if not path:
-        return _rows_at(conn, uuid, version)
-    line = _line_at(conn, uuid, path, version)
-    if line is None:
-        return []
-    lo, hi = _subtree_bounds(path)
-    below = conn.execute(
-        "SELECT path, line FROM dirs WHERE uuid = ? AND path >= ? AND path < ?"
-        " AND v_from <= ? AND (v_to IS NULL OR v_to > ?)",
-        (uuid, lo, hi, version, version),
-    ).fetchall()
-    return [(path, line)] + below
+def _render_dir(conn: sqlite3.Connection, cid: int, path: str) -> str:
+    """The current line of directory ``path``, from its current entry rows.
+
+    Costs the directory's direct files (one index range, already in name
+    order), never its subtree.
+    """
+    files = [
+        (name, decode_segs(segs))
+        for name, segs in conn.execute(
+            f"SELECT name, segs FROM {_CUR} WHERE cid = ? AND parent = ? AND v_to IS NULL AND kind = 'f' ORDER BY name",
+            (cid, path),
+        )
+    ]
+    if files or not path:
+        return _dir_line(path, files, False)
+    # No files: any current child is a subdirectory.
+    child = conn.execute(
+        f"SELECT 1 FROM {_CUR} WHERE cid = ? AND parent = ? AND v_to IS NULL LIMIT 1", (cid, path)
+    ).fetchone()
+    return _dir_line(path, (), child is not None)
+
+
+def _assemble_current(conn: sqlite3.Connection, cid: int) -> tuple[str, dict[str, str]]:
+    """The current manifest from the line cache, rendering stale lines.
+
+    Returns ``(text, rendered)``; ``rendered`` holds the lines that were
+    stale, for the caller to store back.
+    """
+    rendered: dict[str, str] = {}
+    rows = conn.execute("SELECT path, line FROM dir_lines WHERE cid = ?", (cid,)).fetchall()
+    for i, (path, line) in enumerate(rows):
+        if line is None:
+            line = rendered[path] = _render_dir(conn, cid, path)
+            rows[i] = (path, line)
+    return assemble(rows), rendered
+
+
+def _store_lines(conn: sqlite3.Connection, cid: int, rendered: Mapping[str, str]) -> None:
+    """Fill stale cache rows (caller holds the write lock for the version
+    the lines were rendered from)."""
+    conn.executemany(
+        "UPDATE dir_lines SET line = ? WHERE cid = ? AND path = ? AND line IS NULL",
+        [(line, cid, path) for path, line in rendered.items()],
+    )
+
+
+def _tree_at(conn: sqlite3.Connection, cid: int, version: int) -> Dir:
+    """The whole tree of ``version``, built from the rows valid then."""
+    root = Dir()
+    dirs: dict[str, Dir] = {"": root}
+
+    def dir_of(path: str) -> Dir:
+        d = dirs.get(path)
+        if d is None:  # rows come parents-first (key order); this is a fallback
+            parent, name = _split(path)
+            d = dirs[path] = dir_of(parent).setdefault(name, Dir())
+        return d
+
+    for parent, name, kind, segs in conn.execute(
+        "SELECT parent, name, kind, segs FROM entries WHERE cid = ? AND v_from <= ? AND (v_to IS NULL OR v_to > ?)",
+        (cid, version, version),
+    ):
+        if kind == "d":
+            dir_of(_join(parent, name))
+        else:
+            dir_of(parent)[name] = decode_segs(segs)
+    return root
 
 
 # ---------------------------------------------------------------------------
@@ -366,40 +533,74 @@ def _subtree_at(conn: sqlite3.Connection, uuid: str, path: str, version: int) ->
 
 @dataclass
 class _FileSource:
-    segments: tuple
+    segs: str  # encoded, as stored
 
 
 @dataclass
 class _DirSource:
-    """A directory subtree: rows relative to its top ('' = the top itself)."""
+    """A directory subtree, relative to its top.
 
-    rows: list[tuple[str, str]]
+    ``rows`` are ``(rel_parent, name, kind, segs)`` with ``rel_parent`` ''
+    for the top's children; ``lines`` maps every directory of the subtree
+    (``''`` = the top) to its cached line, or None when unknown.
+    """
 
-    def placed_at(self, target: str) -> list[tuple[str, str]]:
-        """The rows moved under ``target`` (stream tokens rewritten)."""
-        out = []
-        for rel, line in self.rows:
-            path = _join(target, rel) if rel else target
-            out.append((path, _rebase(line, path)))
-        return out
+    rows: list[Row]
+    lines: dict[str, str | None] = field(default_factory=dict)
 
 
-def _relative(rows: list[tuple[str, str]], top: str) -> list[tuple[str, str]]:
-    cut = len(top) + 1 if top else 0
-    return [("" if p == top else p[cut:], line) for p, line in rows]
+def _relative(path: str, top: str) -> str:
+    if not top:
+        return path
+    return "" if path == top else path[len(top) + 1 :]
 
 
-def _stored_source(conn: sqlite3.Connection, uuid: str, version: int, path: str) -> _FileSource | _DirSource | None:
-    """The entry at ``path`` of a stored version (None if absent)."""
-    rows = _subtree_at(conn, uuid, path, version)
-    if rows:
-        return _DirSource(_relative(rows, path))
-    parent, name = _parent(path)
-    line = _line_at(conn, uuid, parent, version)
-    if line is None:
-        return None
-    segments = _line_files(line).get(name)
-    return None if segments is None else _FileSource(segments)
+def _subtree_rows(conn: sqlite3.Connection, cid: int, top: str, version: int | None) -> list[Row]:
+    """Rows strictly below directory ``top``: current ones, or those valid
+    at ``version``.  Two index ranges: children of ``top``, and rows whose
+    parent lies below it."""
+    if version is None:
+        sql = f"SELECT parent, name, kind, segs FROM {_CUR} WHERE cid = ? AND v_to IS NULL"
+        extra: tuple = ()
+    else:
+        sql = "SELECT parent, name, kind, segs FROM entries WHERE cid = ? AND v_from <= ? AND (v_to IS NULL OR v_to > ?)"
+        extra = (version, version)
+    if not top:
+        return conn.execute(sql, (cid, *extra)).fetchall()
+    lo, hi = _subtree_bounds(top)
+    rows = conn.execute(sql + " AND parent = ?", (cid, *extra, top)).fetchall()
+    rows += conn.execute(sql + " AND parent >= ? AND parent < ?", (cid, *extra, lo, hi)).fetchall()
+    return rows
+
+
+def _stored_source(conn: sqlite3.Connection, cid: int, path: str, version: int | None) -> _FileSource | _DirSource | None:
+    """The entry at ``path`` of a stored version (None = current, which also
+    brings its cached lines); None if absent."""
+    if path:
+        top = _current_entry(conn, cid, path) if version is None else _entry_at(conn, cid, path, version)
+        if top is None:
+            return None
+        if top[0] == "f":
+            return _FileSource(top[1] or "")
+    rows = [(_relative(p, path), n, k, s) for p, n, k, s in _subtree_rows(conn, cid, path, version)]
+    lines: dict[str, str | None] = {"": None}
+    for rp, n, k, _s in rows:
+        if k == "d":
+            lines[_join(rp, n)] = None
+    if version is None:
+        if path:
+            lo, hi = _subtree_bounds(path)
+            cached = conn.execute("SELECT path, line FROM dir_lines WHERE cid = ? AND path = ?", (cid, path)).fetchall()
+            cached += conn.execute(
+                "SELECT path, line FROM dir_lines WHERE cid = ? AND path >= ? AND path < ?", (cid, lo, hi)
+            ).fetchall()
+        else:
+            cached = conn.execute("SELECT path, line FROM dir_lines WHERE cid = ?", (cid,)).fetchall()
+        for p, line in cached:
+            rel = _relative(p, path)
+            if rel in lines:
+                lines[rel] = line
+    return _DirSource(rows, lines)
 
 
 def _tree_source(root: Dir, path: str) -> _FileSource | _DirSource | None:
@@ -407,8 +608,9 @@ def _tree_source(root: Dir, path: str) -> _FileSource | _DirSource | None:
     if node is None:
         return None
     if type(node) is tuple:
-        return _FileSource(node)
-    return _DirSource(list(tree_rows(node)))
+        return _FileSource(encode_segs(node) if node else "")
+    rows, lines = tree_parts(node)
+    return _DirSource(rows, dict(lines))
 
 
 # ---------------------------------------------------------------------------
@@ -420,182 +622,235 @@ class _VersionWriter:
 
     Must be used inside the write transaction that also bumps the
     collection's version; that transaction is what makes the edit atomic.
-    Directory file lists touched by single-file edits are kept in
-    ``_files`` and rendered once at ``finish()``, so 50 files put into one
-    directory in one request re-render it once.
+    Every primitive touches only the rows it changes.  Directories whose
+    cached line may have changed are collected and invalidated once, in
+    ``finish()``; nothing is rendered here.
     """
 
-    def __init__(self, conn: sqlite3.Connection, uuid: str, new: int):
+    def __init__(self, conn: sqlite3.Connection, cid: int, new: int):
         self.conn = conn
-        self.uuid = uuid
+        self.cid = cid
         self.new = new
-        self.delta_chars = 0
-        self._files: dict[str, dict[str, tuple]] = {}
-        self._touched: set[str] = set()
+        self.delta_chars = 0  # change of approx_chars
+        self._files_changed: set[str] = set()  # directories whose direct files changed
+        self._dirs_changed: set[str] = set()  # ... whose direct subdirectories changed
 
     # -- row primitives ----------------------------------------------------
 
-    def _current(self, path: str) -> tuple[int, str, int] | None:
-        return self.conn.execute(
-            f"SELECT rowid, line, v_from FROM {_CURRENT} WHERE uuid = ? AND path = ? AND v_to IS NULL",
-            (self.uuid, path),
-        ).fetchone()
+    def _close_one(self, parent: str, name: str, segs: str | None, v_from: int) -> None:
+        """End one current row.  A row created by this same update is deleted
+        outright (it belongs to no committed version); older ones keep their
+        history."""
+        key = (self.cid, parent, name, v_from)
+        if v_from == self.new:
+            self.conn.execute("DELETE FROM entries WHERE cid = ? AND parent = ? AND name = ? AND v_from = ?", key)
+        else:
+            self.conn.execute(
+                "UPDATE entries SET v_to = ? WHERE cid = ? AND parent = ? AND name = ? AND v_from = ?", (self.new, *key)
+            )
+        self.delta_chars -= _approx(parent, name, segs)
 
-    def is_dir(self, path: str) -> bool:
-        return path in self._files or self._current(path) is not None
-
-    def put_row(self, path: str, line: str) -> None:
-        """Make ``line`` the current line of ``path`` in the new version."""
-        cur = self._current(path)
-        if cur is not None:
-            rowid, old, v_from = cur
-            if old == line:
-                return
-            self.delta_chars -= len(old)
-            if v_from == self.new:
-                self.conn.execute("UPDATE dirs SET line = ? WHERE rowid = ?", (line, rowid))
-                self.delta_chars += len(line)
-                return
-            self.conn.execute("UPDATE dirs SET v_to = ? WHERE rowid = ?", (self.new, rowid))
-        self.conn.execute(
-            "INSERT INTO dirs (uuid, path, line, v_from) VALUES (?, ?, ?, ?)", (self.uuid, path, line, self.new)
-        )
-        self.delta_chars += len(line)
-
-    def drop_row(self, path: str) -> None:
-        """End one directory's row (not its subtree)."""
-        self._close_rows("path = ?", (path,))
-
-    def _close_rows(self, where: str, args: tuple) -> None:
-        """End current rows matching ``where`` at the new version.
-
-        Rows created by this same update are deleted outright (they belong
-        to no committed version); older ones keep their history.
-        """
-        base = f"uuid = ? AND v_to IS NULL AND ({where})"
-        (chars,) = self.conn.execute(
-            f"SELECT COALESCE(SUM(LENGTH(line)), 0) FROM {_CURRENT} WHERE {base}", (self.uuid, *args)
-        ).fetchone()
+    def _close_where(self, where: str, args: tuple) -> None:
+        """End every current row matching ``where`` (see ``_close_one``)."""
+        base = f"cid = ? AND v_to IS NULL AND {where}"
+        (chars,) = self.conn.execute(f"SELECT {_APPROX_SQL} FROM {_CUR} WHERE {base}", (self.cid, *args)).fetchone()
         self.delta_chars -= chars
-        self.conn.execute(f"DELETE FROM {_CURRENT} WHERE {base} AND v_from = ?", (self.uuid, *args, self.new))
-        self.conn.execute(f"UPDATE {_CURRENT} SET v_to = ? WHERE {base}", (self.new, self.uuid, *args))
+        self.conn.execute(f"DELETE FROM {_CUR} WHERE {base} AND v_from = ?", (self.cid, *args, self.new))
+        self.conn.execute(f"UPDATE {_CUR} SET v_to = ? WHERE {base}", (self.new, self.cid, *args))
 
-    def _drop_subtree(self, path: str) -> None:
+    def _close_below(self, path: str) -> None:
+        """End every current row strictly below directory ``path`` and drop
+        the cached lines of ``path`` and of every directory below it."""
         if not path:
-            self._close_rows("1", ())
-            self._files.clear()
-            self._touched.clear()
+            self._close_where("1", ())
+            self.conn.execute("DELETE FROM dir_lines WHERE cid = ?", (self.cid,))
             return
         lo, hi = _subtree_bounds(path)
         # Two statements rather than one OR: each is a single index range.
-        self._close_rows("path = ?", (path,))
-        self._close_rows("path >= ? AND path < ?", (lo, hi))
-        for p in [p for p in self._files if p == path or lo <= p < hi]:
-            del self._files[p]
+        self._close_where("parent = ?", (path,))
+        self._close_where("parent >= ? AND parent < ?", (lo, hi))
+        self.conn.execute("DELETE FROM dir_lines WHERE cid = ? AND path = ?", (self.cid, path))
+        self.conn.execute("DELETE FROM dir_lines WHERE cid = ? AND path >= ? AND path < ?", (self.cid, lo, hi))
 
-    def _insert_rows(self, rows: list[tuple[str, str]]) -> None:
+    def _insert(self, rows: list[Row]) -> None:
         self.conn.executemany(
-            "INSERT INTO dirs (uuid, path, line, v_from) VALUES (?, ?, ?, ?)",
-            [(self.uuid, p, line, self.new) for p, line in rows],
+            "INSERT INTO entries (cid, parent, name, kind, segs, v_from) VALUES (?, ?, ?, ?, ?, ?)",
+            [(self.cid, p, n, k, s, self.new) for p, n, k, s in rows],
         )
-        self.delta_chars += sum(len(line) for _, line in rows)
+        self.delta_chars += sum(_approx(p, n, s) for p, n, _k, s in rows)
 
-    def _has_subdirs(self, path: str) -> bool:
-        if not path:
-            sql, args = "path > ''", ()
-        else:
-            sql, args = "path >= ? AND path < ?", _subtree_bounds(path)
-        row = self.conn.execute(
-            f"SELECT 1 FROM {_CURRENT} WHERE uuid = ? AND v_to IS NULL AND {sql} LIMIT 1", (self.uuid, *args)
-        ).fetchone()
-        return row is not None
+    def _put_lines(self, lines: list[tuple[str, str | None]]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO dir_lines (cid, path, line) VALUES (?, ?, ?)",
+            [(self.cid, p, line) for p, line in lines],
+        )
 
-    # -- directory-level edits --------------------------------------------
-
-    def _files_of(self, path: str) -> dict[str, tuple]:
-        files = self._files.get(path)
-        if files is None:
-            cur = self._current(path)
-            files = self._files[path] = _line_files(cur[1]) if cur else {}
-        return files
+    # -- tree edits --------------------------------------------------------
 
     def _mkdir_p(self, path: str, target: str) -> None:
         """Create ``path`` and its missing ancestors (mkdir -p), top down."""
-        if not path or self.is_dir(path):
+        if not path:
             return
+        cur = _current_entry(self.conn, self.cid, path)
+        if cur is not None and cur[0] == "d":
+            return  # the usual case: one probe
         parts = path.split("/")
         for depth in range(1, len(parts) + 1):
             sub = "/".join(parts[:depth])
-            if self.is_dir(sub):
-                continue
-            parent, name = _parent(sub)
-            if name in self._files_of(parent):
+            cur = _current_entry(self.conn, self.cid, sub)
+            if cur is None:
+                parent, name = _split(sub)
+                self._insert([(parent, name, "d", None)])
+                self._put_lines([(sub, None)])
+                self._dirs_changed.add(parent)
+            elif cur[0] != "d":
                 raise BadRequest(f"replace_files: cannot create parent directory of {target!r}: {sub!r} is a file")
-            self.put_row(sub, "")
-            self._files[sub] = {}
-            self._touched.update((sub, parent))
 
     def remove(self, path: str) -> None:
         """Remove a file or a whole directory; a missing path is a no-op."""
         if not path:
-            self._drop_subtree("")
-            self.put_row("", "")
-            self._files[""] = {}
+            self._close_below("")
+            self._put_lines([("", None)])
             return
-        if self.is_dir(path):
-            self._drop_subtree(path)
-            self._touched.add(_parent(path)[0])
+        cur = _current_entry(self.conn, self.cid, path)
+        if cur is None:
             return
-        parent, name = _parent(path)
-        if self.is_dir(parent):
-            files = self._files_of(parent)
-            if files.pop(name, None) is not None:
-                self._touched.add(parent)
+        kind, segs, v_from = cur
+        parent, name = _split(path)
+        if kind == "d":
+            self._close_below(path)
+            self._dirs_changed.add(parent)
+        else:
+            self._files_changed.add(parent)
+        self._close_one(parent, name, segs, v_from)
 
     def place(self, path: str, source: _FileSource | _DirSource, target: str) -> None:
         """Replace ``path`` wholesale with ``source``, creating parents."""
         if not path:
             if isinstance(source, _FileSource):
                 raise BadRequest("replace_files: target '/' needs a directory source, got a file")
-            self._drop_subtree("")
-            self._insert_rows(source.placed_at(""))
-            self._touched.add("")
+            self.remove("")
+            self._place_dir("", source)
             return
-        parent, name = _parent(path)
+        parent, name = _split(path)
         self._mkdir_p(parent, target)
         self.remove(path)
         if isinstance(source, _FileSource):
-            self._files_of(parent)[name] = source.segments
+            self._insert([(parent, name, "f", source.segs)])
+            self._files_changed.add(parent)
         else:
-            self._insert_rows(source.placed_at(path))
-            self._touched.add(path)
-        self._touched.add(parent)
+            self._insert([(parent, name, "d", None)])
+            self._place_dir(path, source)
+            self._dirs_changed.add(parent)
 
-    def replace_all(self, rows: Iterable[tuple[str, str]]) -> None:
-        """Make ``rows`` the whole tree, keeping rows that did not change."""
-        new = dict(rows)
-        for path, _line in _current_rows(self.conn, self.uuid):
-            if path not in new:
-                self.drop_row(path)
-        for path, line in new.items():
-            self.put_row(path, line)
+    def _place_dir(self, top: str, source: _DirSource) -> None:
+        """Insert a subtree's rows and cached lines below directory ``top``.
+
+        Lines of directories below the top are position-independent apart
+        from their stream token, so known ones are re-based rather than
+        re-rendered.  The top's own line is kept only if it lists files: a
+        file-less top may change between '' and the marker (the root of a
+        source never has a marker; a target at the root never gets one).
+        """
+        self._insert([(_under(top, rp), n, k, s) for rp, n, k, s in source.rows])
+        lines: list[tuple[str, str | None]] = []
+        for rel, line in source.lines.items():
+            path = _under(top, rel)
+            if not rel and not _has_files(line):
+                line = None
+            lines.append((path, _rebase(line, path) if line else line))
+        self._put_lines(lines)
+
+    def replace_all(self, root: Dir) -> str:
+        """Make ``root`` the whole tree; returns its full text.
+
+        Unchanged entries keep their rows (so repeated whole-manifest saves
+        of a big collection do not grow its history); the line cache is
+        rebuilt from the rendering that the text needs anyway.
+        """
+        rows, lines = tree_parts(root)
+        new = {(p, n): (k, s) for p, n, k, s in rows}
+        closing: list[tuple[str, str, str | None, int]] = []
+        for p, n, k, s, v_from in self.conn.execute(
+            f"SELECT parent, name, kind, segs, v_from FROM {_CUR} WHERE cid = ? AND v_to IS NULL", (self.cid,)
+        ).fetchall():
+            if new.get((p, n)) == (k, s):
+                del new[(p, n)]  # unchanged: keep the row
+            else:
+                closing.append((p, n, s, v_from))
+        for p, n, s, v_from in closing:
+            self._close_one(p, n, s, v_from)
+        self._insert([(p, n, k, s) for (p, n), (k, s) in new.items()])
+        self.conn.execute("DELETE FROM dir_lines WHERE cid = ?", (self.cid,))
+        self._put_lines(lines)  # type: ignore[arg-type]
+        return assemble(lines)
 
     def finish(self) -> None:
-        """Write the lines of every touched directory that still exists.
+        """Invalidate the cached lines this version changed.
 
-        A directory's line also depends on whether it has subdirectories
-        (empty-directory marker or not), which is why parents of added or
-        removed directories are touched too.
+        A line depends on the directory's direct files, and -- only when it
+        has none -- on whether it has subdirectories (marker or ''); a root
+        line never has a marker.  Directories that no longer exist have no
+        cache row, so their UPDATE is a no-op.
         """
-        for path in self._touched:
-            files = self._files.get(path)
-            if files is None:
-                cur = self._current(path)
-                if cur is None or _has_files(cur[1]):
-                    continue  # gone, or its own files (hence its line) are unchanged
-                files = {}
-            line = _dir_line(path, sorted(files.items()), bool(path) and not files and self._has_subdirs(path))
-            self.put_row(path, line)
+        for path in self._files_changed:
+            self.conn.execute("UPDATE dir_lines SET line = NULL WHERE cid = ? AND path = ?", (self.cid, path))
+        for path in self._dirs_changed - self._files_changed:
+            if path:
+                self.conn.execute(
+                    "UPDATE dir_lines SET line = NULL WHERE cid = ? AND path = ? AND (line = '' OR substr(line, ?) = ?)",
+                    (self.cid, path, -len(_MARKER_TAIL), _MARKER_TAIL),
+                )
+
+
+# ---------------------------------------------------------------------------
+# Migration from schema 1 (one row per directory line, keyed by UUID)
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Rewrite a schema-1 database in place (inside the caller's transaction).
+
+    Each old row (a directory's line over ``[v_from, v_to)``) becomes a
+    directory row plus one row per file of that line over the same range:
+    the history stays exact, merely more fragmented than new updates make
+    it.  Current lines become the line cache as they are (same rendering).
+    """
+    # The collections table gains its integer key.  Its name index moves
+    # with the renamed table and is dropped with it; the caller's pass over
+    # _SCHEMA recreates it on the new table.
+    conn.execute("ALTER TABLE collections RENAME TO collections_v1")
+    conn.execute(_SCHEMA[0])  # collections
+    conn.execute(
+        "INSERT INTO collections (uuid, name, owner_uuid, created_at, modified_at, version, properties, is_trashed,"
+        " trashed_at) SELECT uuid, name, owner_uuid, created_at, modified_at, version, properties, is_trashed,"
+        " trashed_at FROM collections_v1 ORDER BY created_at, uuid"
+    )
+    conn.execute("DROP TABLE collections_v1")  # drops its name index too; recreated from _SCHEMA
+    conn.execute("ALTER TABLE versions RENAME COLUMN text_chars TO approx_chars")
+    for statement in _SCHEMA[4:]:  # entries, entries_current, dir_lines
+        conn.execute(statement)
+    cids = dict(conn.execute("SELECT uuid, id FROM collections"))
+    insert = "INSERT INTO entries (cid, parent, name, kind, segs, v_from, v_to) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    for uuid, path, line, v_from, v_to in conn.execute("SELECT uuid, path, line, v_from, v_to FROM dirs").fetchall():
+        cid = cids[uuid]
+        rows = []
+        if path:
+            parent, name = _split(path)
+            rows.append((cid, parent, name, "d", None, v_from, v_to))
+        if _has_files(line):
+            _, files = parse_stream(line[:-1])
+            rows += [(cid, path, name, "f", encode_segs(segs) if segs else "", v_from, v_to) for name, segs in files]
+        conn.executemany(insert, rows)
+        if v_to is None:
+            conn.execute("INSERT INTO dir_lines (cid, path, line) VALUES (?, ?, ?)", (cid, path, line))
+    conn.execute("DROP TABLE dirs")
+    # approx_chars is now an estimate from entry rows; the exact lengths of
+    # schema 1 would drift from it as rows are added and closed.
+    conn.execute(
+        f"UPDATE versions SET approx_chars = (SELECT {_APPROX_SQL} FROM entries"
+        " WHERE cid = (SELECT id FROM collections c WHERE c.uuid = versions.uuid) AND v_to IS NULL)"
+        " WHERE version = (SELECT version FROM collections c WHERE c.uuid = versions.uuid)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -604,10 +859,11 @@ class _VersionWriter:
 
 _COLUMNS = ("uuid", "name", "owner_uuid", "created_at", "modified_at", "version", "properties", "is_trashed")
 _COLLECTION_COLUMNS = ", ".join(_COLUMNS)
+_ROW_COLUMNS = _COLLECTION_COLUMNS + ", id"  # _collection_row: the record's columns, then the tree key
 
 
 def _record(row: tuple, *, pdh: str | None = None, manifest_text: str | None = None) -> CollectionRecord:
-    uuid, name, owner, created, modified, version, props, trashed = row
+    uuid, name, owner, created, modified, version, props, trashed = row[:8]
     return CollectionRecord(
         uuid=uuid,
         name=name,
@@ -643,14 +899,26 @@ def _properties_json(properties: Mapping[str, Any] | None) -> str:
         raise BadRequest(f"properties are not JSON-serializable: {e}") from e
 
 
+@dataclass
+class _Computed:
+    """What a read computed and would like cached (after its transaction)."""
+
+    uuid: str
+    cid: int
+    version: int
+    pdh: str | None  # a newly computed PDH, or None
+    lines: dict[str, str]  # newly rendered current lines (empty for old versions)
+
+
 class LocalCatalog(Catalog):
     """Collections, their versions and trees in ``db_path`` (SQLite).
 
     ``cluster_id`` is the 5-character prefix of generated UUIDs.
     ``cheap_pdh_chars``: an update computes the PDH right away when the
-    new manifest is at most this long (otherwise the record carries None
-    until a read computes it).  ``synchronous`` is SQLite's durability
-    setting; FULL makes every commit durable before the caller answers.
+    new manifest is estimated to be at most this long (otherwise the record
+    carries None until a read computes it).  ``synchronous`` is SQLite's
+    durability setting; FULL makes every commit durable before the caller
+    answers.
     """
 
     def __init__(
@@ -675,11 +943,15 @@ class LocalCatalog(Catalog):
         self._init_schema()
 
     def _init_schema(self) -> None:
+        """Create or upgrade the schema; one IMMEDIATE transaction, so two
+        processes opening the same new database cannot both migrate it."""
         conn = self._conns.get()
         with _transaction(conn, "IMMEDIATE"):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than this davcoll")
+            if version == 1:
+                _migrate_v1(conn)
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -703,7 +975,8 @@ class LocalCatalog(Catalog):
 
     @staticmethod
     def _collection_row(conn: sqlite3.Connection, uuid: str, *, include_trash: bool = False) -> tuple:
-        row = conn.execute(f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE uuid = ?", (uuid,)).fetchone()
+        """The record's 8 columns followed by the tree key ``id``."""
+        row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM collections WHERE uuid = ?", (uuid,)).fetchone()
         if row is None or (row[7] and not include_trash):
             raise NotFound(f"collection {uuid} not found")
         return row
@@ -713,17 +986,31 @@ class LocalCatalog(Catalog):
         row = conn.execute("SELECT pdh FROM versions WHERE uuid = ? AND version = ?", (uuid, version)).fetchone()
         return row[0] if row else None
 
-    def _remember_pdh(self, uuid: str, version: int, pdh: str) -> None:
-        """Cache a computed PDH.  Best effort, with a short lock wait: a busy
-        database only costs a recomputation later, so a read never waits
-        long for, or fails because of, this write."""
+    def _remember(self, computed: _Computed | None) -> None:
+        """Cache what a read computed: rendered lines and a PDH.
+
+        Its own short IMMEDIATE transaction, after the read's: best effort,
+        with a short lock wait, because a busy database only costs a
+        re-render later, so a read never waits long for (or fails because
+        of) this write, and an update never queues long behind it.  Lines
+        are stored only if the collection is still at the version they were
+        rendered from (a later update may have changed those directories).
+        """
+        if computed is None:
+            return
         conn = self._conns.get()
-        conn.execute(f"PRAGMA busy_timeout = {_PDH_CACHE_WAIT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {_CACHE_WAIT_MS}")
         try:
             with _transaction(conn, "IMMEDIATE"):
-                conn.execute(
-                    "UPDATE versions SET pdh = ? WHERE uuid = ? AND version = ? AND pdh IS NULL", (pdh, uuid, version)
-                )
+                if computed.pdh is not None:
+                    conn.execute(
+                        "UPDATE versions SET pdh = ? WHERE uuid = ? AND version = ? AND pdh IS NULL",
+                        (computed.pdh, computed.uuid, computed.version),
+                    )
+                if computed.lines:
+                    row = conn.execute("SELECT version FROM collections WHERE id = ?", (computed.cid,)).fetchone()
+                    if row is not None and row[0] == computed.version:
+                        _store_lines(conn, computed.cid, computed.lines)
         except (sqlite3.Error, Unavailable):
             pass
         finally:
@@ -741,7 +1028,8 @@ class LocalCatalog(Catalog):
         with self._read() as conn:
             row = self._collection_row(conn, uuid_or_pdh, include_trash=include_trash)
             rec, computed = self._snapshot(conn, row, row[5], with_manifest=with_manifest, current=True)
-        return self._cache_computed(rec, computed)
+        self._remember(computed)
+        return rec
 
     def get_version(self, uuid: str, version: int, *, with_manifest: bool = True) -> CollectionRecord:
         """A collection as it was at ``version`` (name, properties, tree)."""
@@ -753,32 +1041,36 @@ class LocalCatalog(Catalog):
             if ver is None:
                 raise NotFound(f"collection {uuid} has no version {version}")
             current = version == row[5]
-            row = (row[0], ver[0], row[2], row[3], ver[2], version, ver[1], row[7])
+            row = (row[0], ver[0], row[2], row[3], ver[2], version, ver[1], row[7], row[8])
             rec, computed = self._snapshot(conn, row, version, with_manifest=with_manifest, current=current)
-        return self._cache_computed(rec, computed)
+        self._remember(computed)
+        return rec
 
     def _snapshot(
         self, conn: sqlite3.Connection, row: tuple, version: int, *, with_manifest: bool, current: bool
-    ) -> tuple[CollectionRecord, bool]:
+    ) -> tuple[CollectionRecord, _Computed | None]:
         """Record of ``row`` at ``version``, with the manifest when asked.
 
         Runs inside the caller's read transaction, so rows and record belong
-        to one version.  Returns ``(record, pdh_was_computed)``: a computed
-        PDH is cached by the caller once the read transaction is over.
+        to one version.  The current version is assembled from the line
+        cache; an older one from the entry rows valid then.  Whatever was
+        computed is returned for the caller to cache once the read
+        transaction is over.
         """
-        uuid = row[0]
+        uuid, cid = row[0], row[8]
         pdh = self._cached_pdh(conn, uuid, version)
         if not with_manifest:
-            return _record(row, pdh=pdh), False
-        text = assemble(_current_rows(conn, uuid) if current else _rows_at(conn, uuid, version))
-        if pdh is not None:
-            return _record(row, pdh=pdh, manifest_text=text), False
-        return _record(row, pdh=portable_data_hash(text), manifest_text=text), True
-
-    def _cache_computed(self, rec: CollectionRecord, computed: bool) -> CollectionRecord:
-        if computed and rec.portable_data_hash is not None:
-            self._remember_pdh(rec.uuid, rec.version, rec.portable_data_hash)
-        return rec
+            return _record(row, pdh=pdh), None
+        rendered: dict[str, str] = {}
+        if current:
+            text, rendered = _assemble_current(conn, cid)
+        else:
+            text = Manifest(_tree_at(conn, cid, version)).to_text()
+        new_pdh = None
+        if pdh is None:
+            pdh = new_pdh = portable_data_hash(text)
+        computed = _Computed(uuid, cid, version, new_pdh, rendered) if new_pdh or rendered else None
+        return _record(row, pdh=pdh, manifest_text=text), computed
 
     def _get_by_pdh(self, pdh: str, *, with_manifest: bool) -> CollectionRecord:
         found = self._find_pdh(pdh)
@@ -806,16 +1098,20 @@ class LocalCatalog(Catalog):
         """Compute the missing PDHs of current versions (a PDH lookup miss).
 
         Costs a manifest assembly per collection whose PDH was never needed,
-        once: the result is cached.  Older versions are found by PDH only if
-        their PDH was computed while they were read.
+        once: the result is cached, and so are the lines it rendered (the
+        caller's write transaction holds the lock for this very version).
+        Older versions are found by PDH only if their PDH was computed while
+        they were read.
         """
         sql = (
-            "SELECT c.uuid, c.version FROM collections c JOIN versions v ON v.uuid = c.uuid AND v.version = c.version"
+            "SELECT c.uuid, c.version, c.id FROM collections c"
+            " JOIN versions v ON v.uuid = c.uuid AND v.version = c.version"
             " WHERE c.is_trashed = 0 AND v.pdh IS NULL"
         )
         if conn is not None:
-            for uuid, version in conn.execute(sql).fetchall():
-                text = assemble(_current_rows(conn, uuid))
+            for uuid, version, cid in conn.execute(sql).fetchall():
+                text, rendered = _assemble_current(conn, cid)
+                _store_lines(conn, cid, rendered)
                 conn.execute(
                     "UPDATE versions SET pdh = ? WHERE uuid = ? AND version = ?", (portable_data_hash(text), uuid, version)
                 )
@@ -860,26 +1156,37 @@ class LocalCatalog(Catalog):
     def create(self, name: str, manifest_text: str = "", properties: Mapping[str, Any] | None = None) -> CollectionRecord:
         _check_name(name)
         props = _properties_json(properties)
-        rows = list(tree_rows(_parse_incoming(manifest_text)))
-        text = assemble(rows)
+        rows, lines = tree_parts(_parse_incoming(manifest_text))
+        # Key order: the table and its index are then filled by appending,
+        # which is faster and packs pages full (random order leaves ~1/3 free).
+        rows.sort(key=_row_key)
+        text = assemble(lines)
         pdh = portable_data_hash(text)  # the whole text was sent: hashing it costs no more
+        approx = sum(_approx(p, n, s) for p, n, _k, s in rows)
         now = rfc3339_now()
         uuid = self._new_uuid()
+        # One write transaction: the collection, its first version, its
+        # entries and its (fully rendered) line cache appear together.
         with self._write() as conn:
             try:
-                conn.execute(
+                cur = conn.execute(
                     f"INSERT INTO collections ({_COLLECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?, 0)",
                     (uuid, name, self.owner_uuid, now, now, props),
                 )
             except sqlite3.IntegrityError as e:
                 raise Conflict(f"a collection named {name!r} already exists") from e
+            cid = cur.lastrowid
             conn.execute(
-                "INSERT INTO versions (uuid, version, name, properties, modified_at, text_chars, pdh)"
+                "INSERT INTO versions (uuid, version, name, properties, modified_at, approx_chars, pdh)"
                 " VALUES (?, 1, ?, ?, ?, ?, ?)",
-                (uuid, name, props, now, len(text), pdh),
+                (uuid, name, props, now, approx, pdh),
             )
             conn.executemany(
-                "INSERT INTO dirs (uuid, path, line, v_from) VALUES (?, ?, ?, 1)", [(uuid, p, line) for p, line in rows]
+                "INSERT INTO entries (cid, parent, name, kind, segs, v_from) VALUES (?, ?, ?, ?, ?, 1)",
+                [(cid, p, n, k, s) for p, n, k, s in rows],
+            )
+            conn.executemany(
+                "INSERT INTO dir_lines (cid, path, line) VALUES (?, ?, ?)", [(cid, p, line) for p, line in lines]
             )
         return CollectionRecord(
             uuid=uuid,
@@ -914,8 +1221,10 @@ class LocalCatalog(Catalog):
 
         with self._write() as conn:
             # The IMMEDIATE transaction holds SQLite's write lock from here to
-            # COMMIT: the stored version read now is the one we build on.
+            # COMMIT: the stored version read now is the one we build on, and
+            # every row change below commits (or rolls back) as one.
             row = self._collection_row(conn, uuid)
+            cid = row[8]
             old = row[5]
             new = old + 1
             now = rfc3339_now()
@@ -923,88 +1232,117 @@ class LocalCatalog(Catalog):
             new_props = row[6] if props is None else props
             try:
                 conn.execute(
-                    "UPDATE collections SET name = ?, properties = ?, modified_at = ?, version = ? WHERE uuid = ?",
-                    (new_name, new_props, now, new, uuid),
+                    "UPDATE collections SET name = ?, properties = ?, modified_at = ?, version = ? WHERE id = ?",
+                    (new_name, new_props, now, new, cid),
                 )
             except sqlite3.IntegrityError as e:
                 raise Conflict(f"a collection named {new_name!r} already exists") from e
 
-            (old_chars,) = conn.execute(
-                "SELECT text_chars FROM versions WHERE uuid = ? AND version = ?", (uuid, old)
+            (approx,) = conn.execute(
+                "SELECT approx_chars FROM versions WHERE uuid = ? AND version = ?", (uuid, old)
             ).fetchone()
-            writer = _VersionWriter(conn, uuid, new)
-            whole_text_known = False
-            if ops is not None:
-                self._apply_replace_files(conn, writer, uuid, old, ops, new_tree)
-            elif new_tree is not None:
-                writer.replace_all(tree_rows(new_tree))
-                whole_text_known = True
-            chars = old_chars + writer.delta_chars
-
             pdh = None
-            if ops is None and new_tree is None:
+            if ops is not None:
+                writer = _VersionWriter(conn, cid, new)
+                self._apply_replace_files(conn, writer, cid, old, ops, new_tree)
+                approx = max(0, approx + writer.delta_chars)
+                if approx <= self.cheap_pdh_chars:
+                    # Small collection: assembling it costs little, and the
+                    # lines rendered now are this version's (we hold the lock).
+                    text, rendered = _assemble_current(conn, cid)
+                    _store_lines(conn, cid, rendered)
+                    pdh = portable_data_hash(text)
+            elif new_tree is not None:
+                writer = _VersionWriter(conn, cid, new)
+                pdh = portable_data_hash(writer.replace_all(new_tree))
+                approx = max(0, approx + writer.delta_chars)
+            else:
                 pdh = self._cached_pdh(conn, uuid, old)  # tree unchanged
-            elif whole_text_known or chars <= self.cheap_pdh_chars:
-                pdh = portable_data_hash(assemble(_current_rows(conn, uuid)))
             conn.execute(
-                "INSERT INTO versions (uuid, version, name, properties, modified_at, text_chars, pdh)"
+                "INSERT INTO versions (uuid, version, name, properties, modified_at, approx_chars, pdh)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uuid, new, new_name, new_props, now, chars, pdh),
+                (uuid, new, new_name, new_props, now, approx, pdh),
             )
         record = _record((uuid, new_name, row[2], row[3], now, new, new_props, 0), pdh=pdh)
         return UpdateResult(record=record, applied_on_base=base_version is not None and base_version == old)
+
+    def _resolve_pdh_source(
+        self, conn: sqlite3.Connection, op: ReplaceOp, cid: int, old: int
+    ) -> _FileSource | _DirSource | None:
+        """The ``<PDH>/path`` source of ``op`` (called before any edit).
+
+        A version that is current is read through the current-tree index
+        (with its cached lines).  The collection being updated already
+        carries its new version number, but until every source is read its
+        rows are still those of ``old``.
+        """
+        assert op.source_pdh is not None
+        found = self._find_pdh(op.source_pdh, conn)
+        if found is None:
+            self._backfill_pdhs(conn)
+            found = self._find_pdh(op.source_pdh, conn)
+        if found is None:
+            raise NotFound(f"replace_files: no collection with portable data hash {op.source_pdh}")
+        src_cid, src_version = conn.execute("SELECT id, version FROM collections WHERE uuid = ?", (found[0],)).fetchone()
+        current = found[1] == (old if src_cid == cid else src_version)
+        return _stored_source(conn, src_cid, op.source_path, None if current else found[1])
 
     def _apply_replace_files(
         self,
         conn: sqlite3.Connection,
         writer: _VersionWriter,
-        uuid: str,
+        cid: int,
         old: int,
         ops: Sequence[ReplaceOp],
         new_tree: Dir | None,
     ) -> None:
         """Apply a plan in the controller's order (inside the write txn).
 
-        ``current/`` sources read version ``old``, which no edit below can
-        change (edits only close rows at ``old + 1`` or add newer ones), so
-        swaps see the pre-request tree without taking a snapshot.  When
-        ``/`` is a target the controller starts from an empty collection,
-        and ``current/`` then sees that empty collection too.
+        Every source is read first, from the rows as they are before any
+        edit: that is the controller's "take all current/ snapshots first"
+        (so swaps work), and it lets each source use the current-tree index
+        and cached lines.  ``current/`` sources are checked first, as the
+        controller does; any other source's error is raised at its turn in
+        the plan, so the first failing step reports, as it would if sources
+        were resolved one by one.  When ``/`` is a target the controller
+        starts from an empty collection, and ``current/`` then sees that
+        empty collection too.
         """
         replacing_root = any(op.target == "/" for op in ops)
-        empty = Dir()
-
-        def resolve(op: ReplaceOp) -> _FileSource | _DirSource | None:
-            if op.kind == CURRENT:
-                if replacing_root:
-                    return _tree_source(empty, op.source_path)
-                return _stored_source(conn, uuid, old, op.source_path)
-            if op.kind == MANIFEST_TEXT:
-                return _tree_source(new_tree if new_tree is not None else empty, op.source_path)
-            assert op.source_pdh is not None
-            found = self._find_pdh(op.source_pdh, conn)
-            if found is None:
-                self._backfill_pdhs(conn)
-                found = self._find_pdh(op.source_pdh, conn)
-            if found is None:
-                raise NotFound(f"replace_files: no collection with portable data hash {op.source_pdh}")
-            return _stored_source(conn, found[0], found[1], op.source_path)
 
         def source_name(op: ReplaceOp) -> str:
             return f"{op.source_pdh or op.kind}/{op.source_path}"
 
-        # The controller checks every current/ source before changing anything.
-        for op in ops:
-            if op.kind == CURRENT and resolve(op) is None:
+        resolved: dict[int, _FileSource | _DirSource | CatalogError | None] = {}
+        for i, op in enumerate(ops):
+            if op.kind != CURRENT:
+                continue
+            if replacing_root:
+                src = _tree_source(Dir(), op.source_path)
+            else:
+                src = _stored_source(conn, cid, op.source_path, None)
+            if src is None:
                 raise BadRequest(f"replace_files: nonexistent source {source_name(op)!r}")
+            resolved[i] = src
+        for i, op in enumerate(ops):
+            if op.kind == MANIFEST_TEXT:
+                resolved[i] = _tree_source(new_tree if new_tree is not None else Dir(), op.source_path)
+            elif op.kind != CURRENT and op.kind != DELETE:
+                try:
+                    resolved[i] = self._resolve_pdh_source(conn, op, cid, old)
+                except CatalogError as e:
+                    resolved[i] = e
+
         if replacing_root:
             writer.remove("")
-        for op in ops:
+        for i, op in enumerate(ops):
             path = op.target[1:]
             if op.kind == DELETE:
                 writer.remove(path)
                 continue
-            source = resolve(op)
+            source = resolved[i]
+            if isinstance(source, CatalogError):
+                raise source
             if source is None:
                 raise BadRequest(f"replace_files: nonexistent source {source_name(op)!r} for {op.target!r}")
             writer.place(path, source, op.target)
@@ -1014,16 +1352,13 @@ class LocalCatalog(Catalog):
         """Bare locators used by any version of any collection (trashed too).
 
         For garbage collection: a block outside this set is not needed to
-        read any stored version.  Locators are read from each stored stream
-        line's locator list, never by parsing file tokens.
+        read any stored version.  Read from every entry row's segments (the
+        line cache holds nothing the rows do not).
         """
         out: set[str] = set()
         with self._read() as conn:
-            for (line,) in conn.execute("SELECT line FROM dirs WHERE line != ''"):
-                for tok in line.split(" ")[1:]:
-                    if ":" in tok:
-                        break
-                    out.add(bare_locator(tok))
+            for (segs,) in conn.execute("SELECT segs FROM entries WHERE kind = 'f' AND segs != ''"):
+                out.update(map(bare_locator, segs.split(" ")[::3]))
         return out
 
     def trash(self, uuid: str) -> None:
