@@ -80,6 +80,18 @@ class Backend(abc.ABC):
         pass
 
 
+def record_dict(rec: CollectionRecord) -> dict[str, Any]:
+    """The fields of a catalog record that trees and listings show."""
+    return {
+        "uuid": rec.uuid,
+        "name": rec.name,
+        "portable_data_hash": rec.portable_data_hash,
+        "properties": dict(rec.properties or {}),
+        "modified_at": rec.modified_at,
+        "version": rec.version,
+    }
+
+
 def parse_time(text: str) -> float:
     """Epoch seconds of an RFC 3339 timestamp ('' → now)."""
     if not text:
@@ -285,15 +297,8 @@ class Session:
 
     def _build_tree(self, rec: CollectionRecord, *, readonly: bool) -> CollectionTree:
         m = self.manager
-        record = {
-            "uuid": rec.uuid,
-            "name": rec.name,
-            "portable_data_hash": rec.portable_data_hash,
-            "properties": dict(rec.properties or {}),
-            "modified_at": rec.modified_at,
-            "version": rec.version,
-            "_revision": (rec.modified_at, rec.version),
-        }
+        record = record_dict(rec)
+        record["_revision"] = (rec.modified_at, rec.version)
         return CollectionTree(
             rec.manifest_text or "",
             store=self.store,
@@ -436,4 +441,5 @@ __all__ = [
     "SessionManager",
     "TreeCache",
     "parse_time",
+    "record_dict",
 ]

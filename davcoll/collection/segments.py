@@ -14,6 +14,7 @@ import hashlib
 from bisect import bisect_right
 from typing import Iterable
 
+from ..manifest import coalesce
 from .buffers import BufferBlock
 
 Segments = tuple
@@ -139,16 +140,9 @@ def slice_segments(segs: Segments, start: int, end: int) -> list[tuple]:
 
 
 def merge(segs: Iterable[tuple]) -> Segments:
-    """Canonical tuple: drop empty pieces, merge contiguous same-source ones."""
-    out: list[tuple] = []
-    for seg in segs:
-        if seg[2] <= 0:
-            continue
-        if out:
-            last = out[-1]
-            if last[0] is seg[0] or (type(last[0]) is str and last[0] == seg[0]):
-                if last[1] + last[2] == seg[1]:
-                    out[-1] = (last[0], last[1], last[2] + seg[2])
-                    continue
-        out.append(seg)
-    return tuple(out)
+    """Canonical tuple: drop empty pieces, merge contiguous same-source ones.
+
+    The manifest layer's ``coalesce`` does exactly this: sources compare by
+    ``==``, which for BufferBlocks (no ``__eq__``) is identity.
+    """
+    return coalesce(segs)

@@ -28,7 +28,7 @@ from wsgidav.dav_provider import DAVProvider
 from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
 from ..collection.segments import etag_of, size_of
 from ..manifest import is_portable_data_hash
-from ..session import Session, parse_time
+from ..session import Session, parse_time, record_dict
 from ..storage.catalog import CatalogError, CollectionRecord
 from ..storage.catalog import NotFound as CatalogNotFound
 from .auth import path_token_width
@@ -185,7 +185,7 @@ class CollectionProvider(DAVProvider):
             rest = parts[1:]
             top = len(parts) == 1
             if top:
-                loc = Location(kind="coll", ident=ident, name=head, is_top_level=True, record=_record_dict(rec))
+                loc = Location(kind="coll", ident=ident, name=head, is_top_level=True, record=record_dict(rec))
                 loc._loader = lambda: self._open(environ, ident)
                 return loc
         if ident is None:
@@ -282,7 +282,7 @@ class CollectionProvider(DAVProvider):
         from .resources import DirResource
 
         ident = rec.uuid
-        loc = Location(kind="coll", ident=ident, name=rec.name, is_top_level=True, record=_record_dict(rec))
+        loc = Location(kind="coll", ident=ident, name=rec.name, is_top_level=True, record=record_dict(rec))
         loc._loader = lambda: self._open(environ, ident)
         path = parent_path.rstrip("/") + "/" + rec.name
         return DirResource(path, environ, loc, Stat(True, 0, parse_time(rec.modified_at), None))
@@ -342,12 +342,3 @@ def _mtime(tree: CollectionTree, inner: str) -> float:
         return tree.mtime
 
 
-def _record_dict(rec: CollectionRecord) -> dict[str, Any]:
-    return {
-        "uuid": rec.uuid,
-        "name": rec.name,
-        "portable_data_hash": rec.portable_data_hash,
-        "properties": dict(rec.properties or {}),
-        "modified_at": rec.modified_at,
-        "version": rec.version,
-    }

@@ -104,6 +104,29 @@ class _Mixin:
     def _forget_resolution(self) -> None:
         self.environ.pop("davcoll.res_cache", None)
 
+    # --- WsgiDAV entry points: every delete/copy/move is one native operation
+
+    def delete(self):
+        self._delete()
+
+    def handle_delete(self):
+        return self._delete()
+
+    def handle_copy(self, dest_path, *, depth_infinity):
+        return self._copy_or_move(dest_path, move=False, recursive=depth_infinity)
+
+    def handle_move(self, dest_path):
+        return self._copy_or_move(dest_path, move=True)
+
+    def support_recursive_move(self, dest_path):
+        return True
+
+    def copy_move_single(self, dest_path, *, is_move):  # pragma: no cover - native handlers cover it
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback copy/move")
+
+    def move_recursive(self, dest_path):  # pragma: no cover
+        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
+
     get_href = href_of
 
     def get_property_value(self, name: str):
@@ -514,29 +537,8 @@ class DirResource(_Mixin, DAVCollection):
             raise self._fail(e) from e
         self._forget_resolution()
 
-    def delete(self):
-        self._delete()
-
-    def handle_delete(self):
-        return self._delete()
-
     def support_recursive_delete(self):
         return True
-
-    def handle_copy(self, dest_path, *, depth_infinity):
-        return self._copy_or_move(dest_path, move=False, recursive=depth_infinity)
-
-    def handle_move(self, dest_path):
-        return self._copy_or_move(dest_path, move=True)
-
-    def support_recursive_move(self, dest_path):
-        return True
-
-    def copy_move_single(self, dest_path, *, is_move):  # pragma: no cover - native handlers cover it
-        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback copy/move")
-
-    def move_recursive(self, dest_path):  # pragma: no cover
-        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
 
 
 class _UploadStream:
@@ -711,28 +713,6 @@ class FileResource(_Mixin, DAVNonCollection):
         self.environ["davcoll.etag"] = lambda: etag_of(segs)
         self._forget_resolution()
 
-    # --- delete / copy / move -------------------------------------------------
-
-    def delete(self):
-        self._delete()
-
-    def handle_delete(self):
-        return self._delete()
-
-    def handle_copy(self, dest_path, *, depth_infinity):
-        return self._copy_or_move(dest_path, move=False)
-
-    def handle_move(self, dest_path):
-        return self._copy_or_move(dest_path, move=True)
-
-    def support_recursive_move(self, dest_path):
-        return True
-
-    def copy_move_single(self, dest_path, *, is_move):  # pragma: no cover
-        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback copy/move")
-
-    def move_recursive(self, dest_path):  # pragma: no cover
-        raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
 
 
 class RecordResource(_Mixin, DAVNonCollection):
@@ -782,16 +762,10 @@ class RecordResource(_Mixin, DAVNonCollection):
     def _ro(self, *a, **kw):
         raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info=".arvados#collection is read-only")
 
-    delete = handle_delete = handle_move = _ro
-
-    def handle_copy(self, dest_path, *, depth_infinity):
-        return self._copy_or_move(dest_path, move=False)
+    delete = handle_delete = handle_move = _ro  # COPY (a read) stays allowed
 
     def set_property_value(self, name, value, *, dry_run=False):
         raise DAVError(HTTP_FORBIDDEN, context_info=".arvados#collection is read-only")
-
-    def support_recursive_move(self, dest_path):
-        return True
 
 
 class JunkResource(_Mixin, DAVNonCollection):
@@ -864,17 +838,3 @@ class JunkResource(_Mixin, DAVNonCollection):
         self._buf = None
         self._forget_resolution()
 
-    def delete(self):
-        self._delete()
-
-    def handle_delete(self):
-        return self._delete()
-
-    def handle_copy(self, dest_path, *, depth_infinity):
-        return self._copy_or_move(dest_path, move=False)
-
-    def handle_move(self, dest_path):
-        return self._copy_or_move(dest_path, move=True)
-
-    def support_recursive_move(self, dest_path):
-        return True
