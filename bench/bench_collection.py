@@ -46,6 +46,7 @@ from davcoll.collection import ByteBudget, ChangeSet, CollectionTree, Flusher  #
 from davcoll.manifest import MAX_BLOCK_SIZE, index_streams  # noqa: E402
 from davcoll.storage.memory_blocks import MemoryBlockStore  # noqa: E402
 from synth import synth_manifest  # noqa: E402
+from report import print_targets  # noqa: E402
 
 TARGET_OPEN_S = 1.0
 TARGET_MARSHAL_RATIO = 20.0
@@ -293,16 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         ("  stream index (before loading), per file", f"{mem['index_per_file']:.0f} B", "", None),
         ("  time to load every directory", f"{mem['load_s']:.2f} s", "", None),
     ]
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    print(f"{'measure':<{w0}}  {'value':>{w1}}  target")
-    print(f"{'-' * w0}  {'-' * w1}  ------")
-    ok = True
-    for name, val, target, passed in rows:
-        mark = "" if passed is None else ("  ok" if passed else "  MISSED")
-        ok = ok and passed is not False
-        print(f"{name:<{w0}}  {val:>{w1}}  {target}{mark}")
-    return 0 if ok else 1
+    return print_targets(rows)
 
 
 if __name__ == "__main__":

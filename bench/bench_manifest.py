@@ -45,6 +45,7 @@ from davcoll.manifest import (  # noqa: E402
     portable_data_hash,
 )
 from synth import synth_manifest  # noqa: E402
+from report import print_targets  # noqa: E402
 
 TARGET_PARSE_S = 3.0
 TARGET_INDEX_S = 0.5
@@ -147,16 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ("RSS growth / parsed file", f"{per_file:.0f} B", f"<= {TARGET_RSS_PER_FILE} B", per_file <= TARGET_RSS_PER_FILE),
         ("peak RSS / file (incl. text)", f"{total_per_file:.0f} B", "", None),
     ]
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    print(f"{'measure':<{w0}}  {'value':>{w1}}  target")
-    print(f"{'-' * w0}  {'-' * w1}  ------")
-    ok = True
-    for name, val, target, passed in rows:
-        mark = "" if passed is None else ("  ok" if passed else "  MISSED")
-        ok = ok and passed is not False
-        print(f"{name:<{w0}}  {val:>{w1}}  {target}{mark}")
-    return 0 if ok else 1
+    return print_targets(rows)
 
 
 if __name__ == "__main__":
