@@ -33,7 +33,9 @@ class LocalBackend(Backend):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         db = self.data_dir / "catalog.sqlite3"
-        self.catalog_ = LocalCatalog(db)
+        # PDHs are computed when asked for, never on the write path (a cheap
+        # PDH still re-renders the touched directory on every update).
+        self.catalog_ = LocalCatalog(db, cheap_pdh_chars=0)
         self.tokens = LocalTokenStore(db)
         self.props = LocalPropertyStore(db)
         self.blocks = LocalBlockStore(self.data_dir)

@@ -60,6 +60,7 @@ from ..manifest import (
     StreamIndex,
     escape_name,
     index_streams,
+    portable_data_hash,
     render_empty_dir,
     render_stream,
 )
@@ -335,7 +336,11 @@ class CollectionTree:
             cached = self._record_cache
             if cached is not None and cached[0] == key:
                 return cached[1]
-            rec["manifest_text"] = self.marshal()
+            rec["manifest_text"] = text = self.marshal()
+            if rec.get("portable_data_hash") is None and self._trusted:
+                # The catalog computes PDHs lazily; a trusted tree renders the
+                # very text the catalog stores, so its hash is the PDH.
+                rec["portable_data_hash"] = portable_data_hash(text)
             data = (json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n").encode()
             self._record_cache = (key, data)
             return data
