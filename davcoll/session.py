@@ -274,8 +274,12 @@ class Session:
                 if rev == tree.record.get("_revision"):
                     self.manager.trees.touch(key, now)
                     return tree
+        return self._reload(key, ident, now)
+
+    def _reload(self, key: tuple, ident: str, now: float) -> CollectionTree:
+        """Fetch and cache a fresh tree (caller holds the open lock)."""
         rec = self.catalog.get(ident, with_manifest=True)
-        tree = self._build_tree(rec, readonly=pdh)
+        tree = self._build_tree(rec, readonly=is_portable_data_hash(ident))
         text_len = len(rec.manifest_text or "")
         self.manager.trees.put(key, tree, 64 * 1024 + 4 * text_len, now)
         return tree
@@ -286,14 +290,22 @@ class Session:
         Another instance may have created the path moments ago; checking
         now (at most every ``min_age`` seconds per collection) turns such a
         404/409 into a hit without waiting for the revalidation interval.
-        Returns the tree to use (the same one if nothing changed).
+        Only a changed revision reloads (even for a ``stale`` tree: that one
+        is reloaded on the regular schedule, not on every miss).  Returns
+        the tree to use (the same one if nothing changed).
         """
         if tree.readonly or is_portable_data_hash(ident):
             return tree
-        cached = self.manager.trees.get(self._tree_key(ident))
-        if cached is None or cached[0] is not tree or time.monotonic() - cached[1] < min_age:
-            return tree
-        return self.open_tree(ident, no_cache=True)
+        key = self._tree_key(ident)
+        with self.manager.open_lock(key):
+            cached = self.manager.trees.get(key)
+            now = time.monotonic()
+            if cached is None or cached[0] is not tree or now - cached[1] < min_age:
+                return tree
+            if self.catalog.revision(ident) == tree.record.get("_revision"):
+                self.manager.trees.touch(key, now)
+                return tree
+            return self._reload(key, ident, now)
 
     def _build_tree(self, rec: CollectionRecord, *, readonly: bool) -> CollectionTree:
         m = self.manager

@@ -26,3 +26,22 @@ def test_basic_cycle(tmp_path):
         # the catalog holds the result (durable before the response)
         rec = srv.app.backend.catalog_.find_by_name("c1")
         assert srv.app.backend.catalog_.get(rec.uuid).manifest_text == ""
+
+
+def test_second_instance_sees_new_paths_at_once(tmp_path):
+    """A miss re-checks the catalog (at most every 0.5 s per collection), so
+    a folder made through one instance can be written through another
+    without waiting for the regular revalidation interval."""
+    import time
+
+    data = tmp_path / "shared"
+    with running_server(data, revalidate_seconds=60) as a, running_server(data, revalidate_seconds=60) as b:
+        assert requests.request("MKCOL", a.u("c/")).status_code == 201
+        assert requests.put(b.u("c/warm.txt"), data=b"x").status_code == 201  # b caches the tree
+        time.sleep(0.6)
+        assert requests.request("MKCOL", a.u("c/newdir/")).status_code == 201
+        r = requests.put(b.u("c/newdir/f.txt"), data=b"via b")
+        assert r.status_code == 201, r.text
+        time.sleep(0.6)
+        assert requests.get(a.u("c/newdir/f.txt"), headers={"Cache-Control": "no-cache"}).content == b"via b"
+        assert requests.get(b.u("c/newdir/f.txt")).content == b"via b"
