@@ -451,3 +451,19 @@ def test_manifest_after_commit_references_only_stored_blocks(tree_with_file):
     for _, segs in parse_manifest(text2).files():
         for loc, _, _ in segs:
             assert store.inner.exists(loc)  # type: ignore[attr-defined]
+
+
+def test_writer_gives_up_when_the_budget_stays_full():
+    """Uploads never hang forever behind others' buffers: after
+    ``budget_wait`` they fail with a retryable BusyError (503)."""
+    from davcoll.collection import BusyError
+
+    budget = ByteBudget(1000)
+    budget.acquire(1000)  # someone else holds everything
+    w = FileWriter(MemoryBlockStore(), FLUSHER, budget, block_size=4096)
+    w.budget_wait = 0.2
+    with pytest.raises(BusyError):
+        w.write(b"x" * 100)
+    w.abort()
+    budget.release(1000)
+    assert budget.used == 0

@@ -23,7 +23,7 @@ from typing import Iterator
 from ..manifest import MAX_BLOCK_SIZE, locator_size
 from ..storage.blocks import BlockStore, BlockStoreError, BlockWriter
 from .buffers import BufferBlock, ByteBudget, Flusher
-from .errors import StorageFailure
+from .errors import BusyError, StorageFailure
 from .segments import Segments, merge, offsets_of
 
 STREAM_THRESHOLD = 8 << 20
@@ -179,6 +179,9 @@ class FileWriter:
         self.bytes_written = 0
         self.closed = False
 
+    #: Longest wait for buffer space before an upload gives up (seconds).
+    budget_wait = 120.0
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.closed:
             raise ValueError("write to a closed or aborted FileWriter")
@@ -190,7 +193,7 @@ class FileWriter:
             small = self._small
             if small is not None and len(small) + len(mv) < self._small_limit:
                 k = len(mv)
-                self._budget.acquire(k)
+                self._reserve(k)
                 small.append(mv, k)
                 break
             if small is not None:
@@ -207,7 +210,7 @@ class FileWriter:
                 # shorter block is fine) so progress never depends on others.
                 if bw.size:
                     self._finish_block()
-                self._budget.acquire(k)
+                self._reserve(k)
                 bw = self._bw = self._bw or self._store.open_writer(self._budget.release)
             try:
                 bw.write(piece)
@@ -223,6 +226,13 @@ class FileWriter:
     def writelines(self, chunks) -> None:
         for c in chunks:
             self.write(c)
+
+    def _reserve(self, n: int) -> None:
+        """Wait for budget room, but not forever: if other uploads keep the
+        budget full (e.g. stalled clients holding small files in memory),
+        this upload fails with a retryable error instead of hanging."""
+        if not self._budget.acquire(n, timeout=self.budget_wait):
+            raise BusyError("upload buffers are full; try again")
 
     def _start_streaming(self) -> None:
         """The file outgrew the small buffer: move its bytes to a block writer."""
