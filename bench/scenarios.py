@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from client import (MIB, NAMED_PROPS, Client, Payload, count_responses, disk_write_rate, expect, fsync_rate,
                     md5_rate)
-from procs import RssSampler, ServerProc, davcoll_server, reference_server
+from procs import ServerProc, davcoll_server, reference_server
 from workloads import create_collections, dir_path, materialize, synth_tree
 
 HERE = Path(__file__).resolve().parent

@@ -9,12 +9,11 @@ The WebDAV layer only sees the ``Backend`` interface (``session.py``).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from pathlib import Path
 
-from .session import Backend, Principal
+from .session import Backend, Principal, token_key
 from .storage.blocks import BlockCache, BlockStore
 from .storage.catalog import Catalog
 from .storage.local_blocks import LocalBlockStore
@@ -77,10 +76,6 @@ class LocalBackend(Backend):
         self.props.close()
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class ArvadosBackend(Backend):
     """Collections and blocks on an Arvados cluster, per caller token.
 
@@ -138,7 +133,7 @@ class ArvadosBackend(Backend):
             if not self._anonymous_token:
                 return None
             token = self._anonymous_token
-        key = token_digest(token)
+        key = token_key(token)
         now = time.monotonic()
         with self._lock:
             hit = self._principals.get(key)

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
 from .manifest import is_portable_data_hash
@@ -45,8 +45,12 @@ class Principal:
 
     @property
     def token_key(self) -> str:
-        """A non-reversible key for caches (tokens are never used as keys)."""
-        return hashlib.sha256(self.token.encode()).hexdigest()
+        return token_key(self.token)
+
+
+def token_key(token: str) -> str:
+    """A non-reversible key for caches (tokens themselves are never keys)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Backend(abc.ABC):
@@ -454,4 +458,5 @@ __all__ = [
     "TreeCache",
     "parse_time",
     "record_dict",
+    "token_key",
 ]

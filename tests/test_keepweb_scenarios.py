@@ -22,7 +22,6 @@ import base64
 import concurrent.futures as cf
 import hashlib
 import html
-import json
 import os
 import re
 import threading

@@ -10,9 +10,7 @@ is sent.
 
 from __future__ import annotations
 
-import json
 import mimetypes
-import re
 import time
 import unicodedata
 from typing import TYPE_CHECKING, Any
@@ -31,8 +29,8 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from ..collection import ChangeSet, CollectionTree, FsError, Stat
-from ..collection.segments import buffers_of, etag_of, size_of
+from ..collection import ChangeSet, FsError, Stat
+from ..collection.segments import etag_of, size_of
 from ..collection.io import FileReader
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 QUOTA_AVAILABLE = 1 << 50  # advertised free space: Explorer/rclone need a number
 
 _ctype_cache: dict[str, str] = {}
-
 
 def content_type_for(name: str) -> str:
     """MIME type from the file name (cached per extension)."""
@@ -60,18 +57,15 @@ def content_type_for(name: str) -> str:
         _ctype_cache[ext] = ct
     return ct
 
-
 # Characters WsgiDAV percent-encodes in hrefs although RFC 3986 allows them
 # in a path segment.  "=" and "+" occur in /c=<id>/, /t=<token>/ and PDHs,
 # and an encoded reserved character makes a different URI (RFC 3986 2.2):
 # cadaver (neon) could not open such URLs ("Did not find a collection").
 _HREF_SAFE = "/!*'(),$-_|.=+:@~"
 
-
 def href_of(res) -> str:
     prov = res.provider
     return quote(prov.mount_path + prov.share_path + res.get_preferred_path(), safe=_HREF_SAFE)
-
 
 def change_of(environ: dict) -> ChangeSet:
     """The request's change set (created on first use)."""
@@ -80,10 +74,8 @@ def change_of(environ: dict) -> ChangeSet:
         ch = environ["davcoll.change"] = ChangeSet()
     return ch
 
-
 def join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
-
 
 class _Mixin:
     """Helpers shared by collection-backed resources."""
@@ -271,7 +263,6 @@ class _Mixin:
         self._forget_resolution()
         return True
 
-
 class TopResource(DAVCollection):
     """``/``: every collection the caller can see, as a folder."""
 
@@ -340,7 +331,6 @@ class TopResource(DAVCollection):
     def support_recursive_move(self, dest_path):
         return True
 
-
 class ByIdResource(DAVCollection):
     """``/by_id``: resolves collections by UUID or PDH on demand; lists nothing."""
 
@@ -376,7 +366,6 @@ class ByIdResource(DAVCollection):
 
     def support_recursive_move(self, dest_path):
         return True
-
 
 class DirResource(_Mixin, DAVCollection):
     """A folder inside a collection (including the collection root)."""
@@ -540,7 +529,6 @@ class DirResource(_Mixin, DAVCollection):
     def support_recursive_delete(self):
         return True
 
-
 class _UploadStream:
     """What ``begin_write`` hands WsgiDAV: counts bytes into a FileWriter.
 
@@ -564,7 +552,6 @@ class _UploadStream:
     def close(self) -> None:
         pass
 
-
 def expected_upload_size(environ: dict) -> int | None:
     """The body size the client announced (Content-Length, or Finder's
     X-Expected-Entity-Length for chunked uploads)."""
@@ -576,7 +563,6 @@ def expected_upload_size(environ: dict) -> int | None:
         return int(raw)
     except ValueError:
         return None
-
 
 class _MappedReader:
     """A FileReader whose storage errors become mapped DAVErrors.
@@ -604,7 +590,6 @@ class _MappedReader:
 
     def close(self) -> None:
         self._r.close()
-
 
 class FileResource(_Mixin, DAVNonCollection):
     """A file in a collection; ``segs`` is the snapshot it reads."""
@@ -713,8 +698,6 @@ class FileResource(_Mixin, DAVNonCollection):
         self.environ["davcoll.etag"] = lambda: etag_of(segs)
         self._forget_resolution()
 
-
-
 class RecordResource(_Mixin, DAVNonCollection):
     """The read-only, unlisted ``.arvados#collection`` JSON file."""
 
@@ -766,7 +749,6 @@ class RecordResource(_Mixin, DAVNonCollection):
 
     def set_property_value(self, name, value, *, dry_run=False):
         raise DAVError(HTTP_FORBIDDEN, context_info=".arvados#collection is read-only")
-
 
 class JunkResource(_Mixin, DAVNonCollection):
     """A Finder/Windows metadata file kept in memory only (see junk.py)."""

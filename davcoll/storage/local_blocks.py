@@ -29,13 +29,11 @@ Errors
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import queue
 import secrets
 import threading
-import time
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
