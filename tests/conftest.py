@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the shared vectors live, free ports."""
+"""Shared test fixtures: the SDK-generated vectors (tests/data/vectors), free ports."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-VECTORS = SHARED / "vectors"
+# Copied into the repository (provenance in its README) so a plain clone runs the suite.
+VECTORS = REPO / "tests" / "data" / "vectors"
 
 
 def load_vectors(name: str) -> dict:
