@@ -27,7 +27,7 @@ from typing import Any
 from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
 from .manifest import is_portable_data_hash
 from .storage.blocks import BlockStore
-from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound
+from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound, revision_key
 
 log = logging.getLogger("davcoll.session")
 
@@ -314,7 +314,7 @@ class Session:
     def _build_tree(self, rec: CollectionRecord, *, readonly: bool) -> CollectionTree:
         m = self.manager
         record = record_dict(rec)
-        record["_revision"] = (rec.modified_at, rec.version)
+        record["_revision"] = revision_key(rec)
         return CollectionTree(
             rec.manifest_text or "",
             store=self.store,

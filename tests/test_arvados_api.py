@@ -166,13 +166,13 @@ def test_trash(fake, user):
 def test_revision_changes_with_content(fake, user):
     rec = user.create("rev", signed(fake, user.token, f". {FOO} 0:3:a\n"))
     r1 = user.revision(rec.uuid)
-    assert r1 == (rec.portable_data_hash, 1)
+    assert r1 == (rec.modified_at, 1)  # revision_key: the same key the session stores
     fake.clear_requests()
     user.update(rec.uuid, replace_files={"/b": "current/a"})
     r2 = user.revision(rec.uuid)
     assert r2[0] != r1[0]
     last = fake.requests_for("api")[-1]
-    assert last.method == "GET" and "portable_data_hash" in last.query and "manifest_text" not in last.query
+    assert last.method == "GET" and "modified_at" in last.query and "manifest_text" not in last.query
 
 
 def test_refresh_signatures(fake, user):

@@ -74,6 +74,7 @@ from .catalog import (
     Unauthorized,
     Unavailable,
     UpdateResult,
+    revision_key,
 )
 from .replace_files import apply_to_tree, plan_replace_files
 
@@ -89,6 +90,7 @@ _UUID_RE = re.compile(r"[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)")
 _MAX_QUERY = 4000  # longer GET queries go as POST with _method=GET (spec 7.2)
 
+_REVISION_FIELDS = ["uuid", "modified_at", "version"]
 _RECORD_FIELDS = ["uuid", "name", "portable_data_hash", "properties", "modified_at", "created_at", "version", "owner_uuid", "is_trashed"]
 
 # Which API hosts support the 3.0 replace_files sources (api_url -> bool).
@@ -570,13 +572,9 @@ class ArvadosCatalog(Catalog):
         self.client.call("POST", f"{self._coll_path(uuid)}/trash", idempotent=True)
 
     def revision(self, uuid: str) -> tuple[str, int]:
-        data = self.client.get(self._coll_path(uuid), select=["portable_data_hash", "modified_at", "version"])
-        if not isinstance(data, dict):
-            raise Unavailable("the API server returned a malformed revision reply")
-        try:
-            return (data.get("portable_data_hash") or data.get("modified_at") or "", int(data.get("version") or 1))
-        except (TypeError, ValueError):
-            raise Unavailable("the API server returned a malformed revision reply") from None
+        """``revision_key`` of the collection: one GET selecting three fields."""
+        data = self.client.get(self._coll_path(uuid), select=_REVISION_FIELDS)
+        return revision_key(self._record(data, with_manifest=False))
 
     def refresh_signatures(self, uuid_or_pdh: str) -> dict[str, str]:
         """Fresh ``+A`` signatures: bare ``md5+size`` -> newly signed locator.

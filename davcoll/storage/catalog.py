@@ -26,6 +26,7 @@ __all__ = [
     "CollectionRecord",
     "UpdateResult",
     "Catalog",
+    "revision_key",
 ]
 
 
@@ -104,6 +105,18 @@ class CollectionRecord:
         return dataclasses.asdict(self)
 
 
+def revision_key(rec: CollectionRecord) -> tuple[str, int]:
+    """The cheap freshness key of a record: ``(modified_at, version)``.
+
+    The one definition both catalogs' ``revision`` and the session's tree
+    cache use, so a remembered key equals a fresh one exactly when nothing
+    changed.  Not the PDH: the embedded catalog may only learn it later (a
+    key whose spelling changes would look like a change), and a rename or a
+    properties change keeps the PDH but must still refresh the record.
+    """
+    return (rec.modified_at, rec.version)
+
+
 @dataclasses.dataclass
 class UpdateResult:
     """What an update returns.
@@ -168,9 +181,9 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def revision(self, uuid: str) -> tuple[str, int]:
-        """A cheap freshness key ``(portable_data_hash or modified_at, version)``.
+        """``revision_key`` of the current record, without its manifest.
 
-        Used to revalidate a cached tree without fetching its manifest.
+        Used to revalidate a cached tree with one small lookup.
         """
 
     def close(self) -> None:
