@@ -18,7 +18,35 @@ A block is written to a temporary file in its final directory, fsync'd,
 renamed into place and the directory fsync'd.  So a file under a locator
 name is always complete as written; what can still go wrong is the disk
 itself (bit rot, someone truncating files), which is why every read checks
-size and md5 and reports ``BlockCorrupt`` rather than serving bad bytes.
+size and content and reports ``BlockCorrupt`` rather than serving bad bytes.
+
+Read-time checksums
+-------------------
+md5 is a block's *name*, but hashing md5 runs at ~0.7 GB/s per core, which
+capped verified reads at a third of what the page cache serves.  So every
+block also carries an xxh3-128 digest of its content (~12 GB/s per core),
+computed while the block is written (the bytes stream through anyway) and
+stored in the block file's extended attribute ``user.davcoll.xxh3``.  It is
+set on the temporary file before the fsync and the rename, so a block
+under its final name either has the digest of exactly its bytes or none
+(a crash cannot separate them: they are one inode).  Reads verify against
+it while streaming.
+
+A block without the attribute (a data directory from before, a block
+copied in by hand, a file system without user xattrs) is md5-verified as
+before; when that read succeeds it records the xxh3 digest then, so only
+its first read pays for md5.  A digest mismatch is ``BlockCorrupt``, like
+an md5 mismatch; the attribute is then removed, so the next read falls
+back to md5 (which tells a rotten attribute from rotten data and records
+a fresh digest only for good data).
+
+Why an xattr, measured on this project's ext4 disk (300 × 4 KiB durable
+puts, then 3,000 opens): no per-put cost (658 µs vs 716 µs without), +3 µs
+per open for ``fgetxattr``; a sidecar file cost an extra create + fsync per
+put (1,357 µs, twice as slow for small files) and +21 µs per open, and
+would need ``gc`` and the block listing to know about it.  xattrs travel
+with the inode through renames, vanish on a plain ``cp`` (so a copied-in
+block falls back to md5: safe) and need no catalog coupling.
 
 Errors
 ------
@@ -29,6 +57,7 @@ Errors
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -36,6 +65,8 @@ import secrets
 import threading
 from pathlib import Path
 from typing import IO, Callable, Iterator
+
+import xxhash
 
 from ..manifest import is_locator, locator_size
 from .blocks import (
@@ -62,6 +93,19 @@ def _md5() -> "hashlib._Hash":
     return hashlib.md5(usedforsecurity=False)
 
 
+#: Extended attribute holding a block's xxh3-128 digest (16 raw bytes).
+XXH3_XATTR = "user.davcoll.xxh3"
+
+#: errnos meaning "this file system has no user xattrs" (stop trying).
+_NO_XATTR_ERRNOS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _xxh3() -> "xxhash.xxh3_128":
+    """The read-time checksum: fast, 128 bits, not a security check (the
+    data directory is the server's own)."""
+    return xxhash.xxh3_128()
+
+
 def _unavailable(what: str, err: OSError) -> BlockStoreUnavailable:
     """A short, path-free message: these end up in HTTP error bodies."""
     reason = os.strerror(err.errno) if err.errno else str(err)
@@ -80,6 +124,8 @@ class LocalBlockStore(BlockStore):
         self.root = Path(root)
         self.blocks_dir = self.root / "blocks"
         self.fsync = fsync
+        #: False once the file system refused a user xattr: reads then md5-verify.
+        self.xattrs = hasattr(os, "setxattr")
         try:
             self.blocks_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -112,13 +158,19 @@ class LocalBlockStore(BlockStore):
         if key == EMPTY_BLOCK:
             return key
         path = self.path_for(key)
-        if self._reuse_existing(path, view):
+        checksum = _xxh3()
+        checksum.update(view)
+        if self._reuse_existing(path, view, checksum.digest()):
             return key
-        self._write_new(path, view)
+        self._write_new(path, view, checksum.digest())
         return key
 
     def get(self, locator: str) -> bytes:
-        """The whole block after checking its size and md5."""
+        """The whole block after checking its size and content (its recorded
+        xxh3 digest, or md5 when none is recorded; see the module docstring).
+
+        Range reads inside a block come here (through the block cache), so
+        a partial read is verified as a whole block, like before."""
         key = bare_locator(locator)
         if key == EMPTY_BLOCK:
             return b""
@@ -127,12 +179,22 @@ class LocalBlockStore(BlockStore):
                 data = f.readall()
             except OSError as err:
                 raise _unavailable(f"cannot read block {key}", err) from err
-        if len(data) != locator_size(key):
-            raise BlockCorrupt(f"block {key} has {len(data)} bytes on disk")
-        digest = _md5()
-        digest.update(data)
-        if digest.hexdigest() != key[:32]:
-            raise BlockCorrupt(f"block {key} fails its md5 check")
+            if len(data) != locator_size(key):
+                raise BlockCorrupt(f"block {key} has {len(data)} bytes on disk")
+            fd = f.fileno()
+            recorded = self._recorded_sum(fd)
+            checksum = _xxh3()
+            checksum.update(data)
+            if recorded is not None:
+                if checksum.digest() != recorded:
+                    self._forget_sum(fd)
+                    raise BlockCorrupt(f"block {key} fails its checksum")
+                return data
+            digest = _md5()
+            digest.update(data)
+            if digest.hexdigest() != key[:32]:
+                raise BlockCorrupt(f"block {key} fails its md5 check")
+            self._record_sum(fd, checksum.digest())
         return data
 
     def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -146,7 +208,8 @@ class LocalBlockStore(BlockStore):
         key = bare_locator(locator)
         if key == EMPTY_BLOCK:
             return iter(())
-        return _VerifiedStream(self._open(key), key, chunk_size)
+        f = self._open(key)
+        return _VerifiedStream(f, key, chunk_size, self, self._recorded_sum(f.fileno()))
 
     def exists(self, locator: str) -> bool:
         """Whether a file of the right size is stored (content not read)."""
@@ -228,6 +291,40 @@ class LocalBlockStore(BlockStore):
             raise _unavailable("cannot remove temporary files", err) from err
         return removed
 
+    # -- read-time checksums (xattr) -------------------------------------------
+
+    def _recorded_sum(self, fd: int) -> bytes | None:
+        """The block's recorded xxh3-128 digest, or None (none recorded, or no
+        xattr support: the caller then verifies md5)."""
+        if not self.xattrs:
+            return None
+        try:
+            value = os.getxattr(fd, XXH3_XATTR)
+        except OSError as err:
+            if err.errno in _NO_XATTR_ERRNOS:
+                self.xattrs = False
+            return None
+        return value if len(value) == 16 else None
+
+    def _record_sum(self, fd: int, digest: bytes) -> None:
+        """Record a digest, best effort: without it reads are merely slower
+        (md5), so a full disk or a read-only mount is no error here."""
+        if not self.xattrs:
+            return
+        try:
+            os.setxattr(fd, XXH3_XATTR, digest)
+        except OSError as err:
+            if err.errno in _NO_XATTR_ERRNOS:
+                self.xattrs = False
+
+    def _forget_sum(self, fd: int) -> None:
+        """Drop a digest that did not match: the next read md5-verifies and,
+        if the data is good after all, records a fresh digest."""
+        try:
+            os.removexattr(fd, XXH3_XATTR)
+        except OSError:
+            pass
+
     # -- internals -----------------------------------------------------------
 
     def _open(self, key: str) -> IO[bytes]:
@@ -249,8 +346,9 @@ class LocalBlockStore(BlockStore):
             raise BlockCorrupt(f"block {key} has {size} bytes on disk")
         return f
 
-    def _reuse_existing(self, path: Path, view: memoryview) -> bool:
-        """True if ``path`` already holds exactly ``view``; refreshes its mtime.
+    def _reuse_existing(self, path: Path, view: memoryview, checksum: bytes) -> bool:
+        """True if ``path`` already holds exactly ``view``; refreshes its mtime
+        (and records the read-time checksum if the copy had none).
 
         The content is compared, not just the size: comparing costs a read
         from (usually) the page cache, and it means a successful put always
@@ -264,6 +362,8 @@ class LocalBlockStore(BlockStore):
                     return False
                 if not _same_content(f, view):
                     return False
+                if self._recorded_sum(f.fileno()) != checksum:
+                    self._record_sum(f.fileno(), checksum)
             os.utime(path)
             return True
         except OSError:
@@ -271,9 +371,9 @@ class LocalBlockStore(BlockStore):
             # (whose own errors are the ones worth reporting).
             return False
 
-    def _write_new(self, path: Path, view: memoryview) -> None:
-        """Temp file, fsync, rename, fsync directory; no partial file left on
-        failure."""
+    def _write_new(self, path: Path, view: memoryview, checksum: bytes) -> None:
+        """Temp file (with its checksum xattr), fsync, rename, fsync
+        directory; no partial file left on failure."""
         key = path.name
         self._ensure_dir(path.parent)
         tmp = path.with_name(f".tmp-{key}-{secrets.token_hex(4)}")
@@ -284,6 +384,7 @@ class LocalBlockStore(BlockStore):
         try:
             try:
                 _write_all(fd, view)
+                self._record_sum(fd, checksum)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -361,19 +462,27 @@ class LocalBlockStore(BlockStore):
 
 class _VerifiedStream:
     """Iterator over a block file's chunks; the last one is released only
-    after the md5 and size check out.
+    after the size and the content check out.
+
+    The check is the block's recorded xxh3 digest when it has one; else
+    md5 (the block's name), after which the xxh3 digest computed alongside
+    is recorded for the next reader.
 
     A class rather than a generator so the file is closed by ``close()``
     even if iteration never starts (WSGI servers call ``close`` on the
     response iterable).
     """
 
-    def __init__(self, f: IO[bytes], key: str, chunk_size: int) -> None:
+    def __init__(self, f: IO[bytes], key: str, chunk_size: int, store: LocalBlockStore,
+                 recorded: bytes | None) -> None:
         self._f = f
         self._key = key
         self._chunk_size = chunk_size
+        self._store = store
+        self._recorded = recorded
         self._remaining = locator_size(key)
-        self._digest = _md5()
+        self._xxh3 = _xxh3()
+        self._md5 = _md5() if recorded is None else None
         self._held: bytes | None = None
         self._finished = False
 
@@ -393,9 +502,12 @@ class _VerifiedStream:
             if held is not None:
                 return held
             return self.__next__()
-        # End of file: verify, then release the held-back piece.
-        self.close()
-        self._verify()
+        # End of file: verify (with the file still open, to record or drop
+        # its digest), then release the held-back piece.
+        try:
+            self._verify()
+        finally:
+            self.close()
         held, self._held = self._held, None
         if held is None:
             raise StopIteration
@@ -425,7 +537,9 @@ class _VerifiedStream:
                 have += len(more)
             piece = b"".join(parts)
         self._remaining -= len(piece)
-        self._digest.update(piece)
+        self._xxh3.update(piece)
+        if self._md5 is not None:
+            self._md5.update(piece)
         return piece
 
     def _read(self, n: int) -> bytes:
@@ -437,8 +551,15 @@ class _VerifiedStream:
     def _verify(self) -> None:
         if self._remaining != 0:
             raise BlockCorrupt(f"block {self._key} changed size while being read")
-        if self._digest.hexdigest() != self._key[:32]:
+        fd = self._f.fileno()
+        if self._md5 is None:
+            if self._xxh3.digest() != self._recorded:
+                self._store._forget_sum(fd)
+                raise BlockCorrupt(f"block {self._key} fails its checksum")
+            return
+        if self._md5.hexdigest() != self._key[:32]:
             raise BlockCorrupt(f"block {self._key} fails its md5 check")
+        self._store._record_sum(fd, self._xxh3.digest())
 
 
 def _same_content(f: IO[bytes], view: memoryview) -> bool:
@@ -488,6 +609,7 @@ class LocalBlockWriter(BlockWriter):
         self._on_released = on_released
         self.size = 0
         self._md5 = _md5()
+        self._xxh3 = _xxh3()
         self._error: OSError | None = None
         self._to_hash: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
         self._to_write: "queue.Queue[bytes | memoryview | None]" = queue.Queue(self.QUEUE_CHUNKS)
@@ -509,6 +631,7 @@ class LocalBlockWriter(BlockWriter):
             item = self._to_hash.get()
             if item is not None:
                 self._md5.update(item)
+                self._xxh3.update(item)
             self._to_write.put(item)
             if item is None:
                 return
@@ -554,6 +677,7 @@ class LocalBlockWriter(BlockWriter):
             if self._error is not None:
                 raise _unavailable("cannot write block", self._error)
             key = f"{self._md5.hexdigest()}+{self.size}"
+            self._store._record_sum(self._fd, self._xxh3.digest())
             if self._store.fsync:
                 os.fsync(self._fd)
             os.close(self._fd)
