@@ -20,6 +20,7 @@ from .storage.local_blocks import LocalBlockStore
 from .storage.local_catalog import LocalCatalog
 from .storage.local_props import LocalPropertyStore
 from .storage.local_tokens import LocalTokenStore
+from .storage.props import PropertyStore
 
 ANONYMOUS_ID = "anonymous"
 
@@ -83,8 +84,10 @@ class ArvadosBackend(Backend):
     signed per token); all of them share one connection pool per service
     kind and one byte-bounded block cache.  Token checks (``users/current``)
     are cached briefly so every request does not cost an API round trip.
-    Dead WebDAV properties live in a local SQLite file in the data
-    directory (per instance).
+    Dead WebDAV properties live in the shared store (``shared_state``,
+    Redis) when one is configured, so every instance sees them; else in a
+    local SQLite file in the data directory (per instance: several
+    instances then need sticky sessions).
     """
 
     trusted_normalized = False  # the controller writes the Go layout
@@ -103,6 +106,7 @@ class ArvadosBackend(Backend):
         client_options: dict | None = None,
         keep_options: dict | None = None,
         principal_ttl: float = 60.0,
+        shared_state: str = "",
     ) -> None:
         from .storage.arvados_api import ArvadosClient
         from .storage.keep import KeepClient
@@ -114,7 +118,12 @@ class ArvadosBackend(Backend):
         self.cache = BlockCache(self._keep, block_cache_bytes)
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        self.props = LocalPropertyStore(data / "dead-props.sqlite3")
+        if shared_state:
+            from .storage.redis_props import RedisPropertyStore
+
+            self.props: PropertyStore = RedisPropertyStore(shared_state)
+        else:
+            self.props = LocalPropertyStore(data / "dead-props.sqlite3")
         self.principal_ttl = principal_ttl
         # _lock guards _principals (token digest -> (expires, principal|None)).
         self._lock = threading.Lock()

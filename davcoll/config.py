@@ -51,6 +51,12 @@ class Config:
     arvados_insecure: bool = False
     arvados_anonymous_token: str = field(default="", repr=False)
     log_level: str = "INFO"
+    # Locks and dead properties shared by every instance ("redis://host:port/db");
+    # empty: locks in the data directory, Arvados dead properties per instance.
+    shared_state: str = field(default="", repr=False)
+    max_lock_timeout: float = 3600.0  # seconds; "Timeout: Infinite" gets this
+    max_lock_owner_bytes: int = 4096
+    max_locks_per_principal: int = 1000
 
     @property
     def host(self) -> str:

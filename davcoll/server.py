@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from cheroot import server as cheroot_server
@@ -25,6 +26,7 @@ from .config import Config
 from .dav.auth import TokenAuthenticator
 from .dav.guard import RequestGuard
 from .dav.junk import JunkPolicy, JunkStore
+from .dav.locks import LockLimits, install_lock_manager
 from .dav.props import DeadPropertyManager
 from .dav.provider import CollectionProvider
 from .dav.sync import SyncMiddleware
@@ -43,9 +45,12 @@ class App:
     backend: Backend
     metrics: Metrics
     config: Config
+    lock_store: Any = None
 
     def close(self) -> None:
         self.sessions.close()
+        if self.lock_store is not None:
+            self.lock_store.close()
 
 
 def make_backend(cfg: Config) -> Backend:
@@ -58,10 +63,23 @@ def make_backend(cfg: Config) -> Backend:
             anonymous_token=cfg.arvados_anonymous_token or None,
             block_cache_bytes=cfg.block_cache,
             data_dir=cfg.data_dir,
+            shared_state=cfg.shared_state,
         )
     from .backends import LocalBackend
 
     return LocalBackend(cfg.data_dir, block_cache_bytes=cfg.block_cache)
+
+
+def make_lock_store(cfg: Config):
+    """Locks in the shared store when configured, else in the data directory."""
+    if cfg.shared_state:
+        from .storage.redis_locks import RedisLockStore
+
+        return RedisLockStore(cfg.shared_state)
+    from .storage.local_locks import LocalLockStore
+
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    return LocalLockStore(Path(cfg.data_dir) / "locks.sqlite3")
 
 
 def anonymous_policy(cfg: Config, backend: Backend) -> Callable[[], str] | str:
@@ -98,7 +116,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "middleware_stack": [ErrorPrinter, TokenAuthenticator, SyncMiddleware, WsgiDavDirBrowser, RequestResolver],
-        "lock_storage": True,
+        "lock_storage": False,  # install_lock_manager below (scoped, shared)
         "property_manager": None,
         "block_size": BLOCK_SIZE,
         "verbose": 1,
@@ -119,13 +137,17 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
         },
     }
     dav_app = WsgiDAVApp(dav_config)
+    lock_store = make_lock_store(cfg)
+    install_lock_manager(dav_app, provider, lock_store, LockLimits(
+        max_timeout=cfg.max_lock_timeout, max_owner_bytes=cfg.max_lock_owner_bytes,
+        max_per_principal=cfg.max_locks_per_principal))
     logging.getLogger("wsgidav").setLevel(logging.WARNING)
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "backend": cfg.backend}
 
     guard = RequestGuard(dav_app, metrics=metrics, health=health, propfind_infinity=cfg.propfind_infinity)
-    return App(wsgi=guard, sessions=sessions, backend=backend, metrics=metrics, config=cfg)
+    return App(wsgi=guard, sessions=sessions, backend=backend, metrics=metrics, config=cfg, lock_store=lock_store)
 
 
 # --- stricter HTTP framing than cheroot's defaults ---------------------------

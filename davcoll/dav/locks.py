@@ -1,0 +1,120 @@
+"""The lock manager: WsgiDAV's, scoped to what a principal may lock.
+
+WsgiDAV's ``LockManager`` granted ``LOCK /`` (or ``/by_id``) with Depth
+infinity, after which every other principal got 423 on their own data; it
+turned "Timeout: Infinite" into four weeks and kept owner XML of any size
+(50 locks with 1 MB owners cost 900 MiB and 50 MB per PROPFIND).  This
+subclass adds, before a lock is granted:
+
+- only collection content is lockable: lock roots are canonical keys
+  (``/by_id/<uuid>[/path]``, see ``CollectionProvider.canonical_ref``);
+  ``/`` and ``/by_id`` (also reached as ``/t=<token>/``) are virtual folders
+  shared by everybody: 403 with a reason.  Snapshots (PDH) are refused by
+  the provider, and read-only principals by the authenticator, before this;
+- timeouts capped (Infinite and absent ones get the cap, refreshes too);
+- owner XML capped in bytes (413);
+- live locks per principal capped (403).
+
+It also makes "check conflicts, then create" atomic across processes: the
+base class guards it with an in-process lock only, so with a lock store
+shared by several instances (SQLite in the data directory or Redis) two
+of them could grant conflicting exclusive locks.  ``acquire`` runs inside
+the store's ``exclusive()`` section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wsgidav.dav_error import (
+    HTTP_FORBIDDEN,
+    HTTP_PRECONDITION_FAILED,
+    HTTP_REQUEST_ENTITY_TOO_LARGE,
+    PRECONDITION_CODE_LockTokenMismatch,
+    DAVError,
+)
+from wsgidav.lock_man.lock_manager import LockManager, normalize_lock_root
+
+from ..storage.locks import LockGone, LockStore
+
+
+@dataclass(frozen=True)
+class LockLimits:
+    max_timeout: int = 3600  # seconds
+    max_owner_bytes: int = 4096
+    max_per_principal: int = 1000
+
+
+def is_lockable_root(url: str) -> bool:
+    """Whether a lock root names collection content (not a virtual folder)."""
+    parts = [p for p in url.split("/") if p]
+    return len(parts) >= 2 and parts[0] == "by_id"
+
+
+class ScopedLockManager(LockManager):
+    def __init__(self, storage: LockStore, limits: LockLimits | None = None) -> None:
+        super().__init__(storage)
+        self.limits = limits or LockLimits()
+
+    def capped_timeout(self, timeout: float | None) -> float:
+        cap = float(self.limits.max_timeout)
+        if timeout is None or timeout < 0 or timeout > cap:
+            return cap
+        return float(timeout)
+
+    def acquire(self, *, url, lock_type, lock_scope, lock_depth, lock_owner, timeout, principal, token_list):
+        root = normalize_lock_root(url)
+        if not is_lockable_root(root):
+            raise DAVError(
+                HTTP_FORBIDDEN,
+                context_info="virtual folders are shared by every user and cannot be locked; lock a collection or something inside one",
+            )
+        owner = lock_owner or b""
+        if len(owner) > self.limits.max_owner_bytes:
+            raise DAVError(
+                HTTP_REQUEST_ENTITY_TOO_LARGE,
+                context_info=f"lock owner is larger than {self.limits.max_owner_bytes} bytes",
+            )
+        with self.storage.exclusive():
+            if self.storage.count_for(principal) >= self.limits.max_per_principal:
+                raise DAVError(
+                    HTTP_FORBIDDEN,
+                    context_info=f"too many locks held ({self.limits.max_per_principal} at most); unlock some first",
+                )
+            return super().acquire(
+                url=root,
+                lock_type=lock_type,
+                lock_scope=lock_scope,
+                lock_depth=lock_depth,
+                lock_owner=owner,
+                timeout=self.capped_timeout(timeout),
+                principal=principal,
+                token_list=token_list,
+            )
+
+    def refresh(self, token, *, timeout=None):
+        try:
+            return self.storage.refresh(token, timeout=self.capped_timeout(timeout))
+        except LockGone:
+            raise DAVError(
+                HTTP_PRECONDITION_FAILED,
+                context_info="the lock expired or was released",
+                err_condition=PRECONDITION_CODE_LockTokenMismatch,
+            ) from None
+
+    def __del__(self) -> None:
+        # The base class closes the storage when it is garbage collected;
+        # the process owns the store and closes it (App.close).
+        pass
+
+
+def install_lock_manager(dav_app, provider, storage: LockStore, limits: LockLimits) -> ScopedLockManager:
+    """Give a WsgiDAV app (built with ``lock_storage: False``) our manager.
+
+    WsgiDAV always wraps its ``lock_storage`` option in its own LockManager,
+    so the scoped one is set on the provider after the app is built.
+    """
+    manager = ScopedLockManager(storage, limits)
+    dav_app.lock_manager = manager
+    provider.set_lock_manager(manager)
+    return manager

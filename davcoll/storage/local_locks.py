@@ -1,0 +1,155 @@
+"""WebDAV locks in SQLite in the data directory (``locks.sqlite3``).
+
+Why not WsgiDAV's in-memory storage: a restart dropped every lock and a
+second process on the same data directory never saw the first one's locks,
+so a client's PUT through another process overwrote a locked file.  Here
+every process on the directory reads the same table, and ``exclusive()``
+is an SQLite write transaction (``BEGIN IMMEDIATE``), so "check conflicts,
+then create" is atomic across processes as well as threads.
+
+Expired rows are ignored by every query and deleted when a lock is created.
+Descendants of a root are a key range (``[root + "/", root + "0")``: "0"
+follows "/"), answered by the index without a scan.  Each connection is
+used by one thread only (``threading.local``); a thread inside
+``exclusive()`` runs its other calls inside that transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .locks import LockGone, LockStore, child_prefix, expire_of, normalize_root
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dav_locks (
+    token TEXT PRIMARY KEY,
+    root TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    type TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    depth TEXT NOT NULL,
+    owner BLOB NOT NULL,
+    timeout REAL NOT NULL,
+    expire REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dav_locks_root ON dav_locks(root);
+CREATE INDEX IF NOT EXISTS dav_locks_principal ON dav_locks(principal);
+"""
+_COLS = ("token", "root", "principal", "type", "scope", "depth", "owner", "timeout", "expire")
+_SELECT = f"SELECT {', '.join(_COLS)} FROM dav_locks"
+_LIVE = "(expire < 0 OR expire >= ?)"
+
+
+def _row(r: tuple) -> dict[str, Any]:
+    d = dict(zip(_COLS, r))
+    d["owner"] = bytes(d["owner"])
+    return d
+
+
+class LocalLockStore(LockStore):
+    def __init__(self, db_path: str | Path) -> None:
+        self.db_path = str(db_path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"LocalLockStore({self.db_path!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = c
+            self._local.depth = 0
+            with self._all_lock:
+                self._all.append(c)
+        return c
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        c = self._conn()
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        c.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = 0
+            c.execute("ROLLBACK")
+            raise
+        self._local.depth = 0
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            with contextlib.suppress(sqlite3.Error):
+                c.close()
+        self._local = threading.local()
+
+    def cleanup(self) -> None:
+        self._conn().execute("DELETE FROM dav_locks WHERE expire >= 0 AND expire < ?", (time.time(),))
+
+    def clear(self) -> None:
+        self._conn().execute("DELETE FROM dav_locks")
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        r = self._conn().execute(f"{_SELECT} WHERE token=? AND {_LIVE}", (token, time.time())).fetchone()
+        return _row(r) if r else None
+
+    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
+        self._complete(path, lock)
+        with self.exclusive():
+            self.cleanup()
+            self._conn().execute(
+                f"INSERT INTO dav_locks({', '.join(_COLS)}) VALUES({', '.join('?' * len(_COLS))})",
+                tuple(lock[k] for k in _COLS),
+            )
+        return lock
+
+    def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
+        with self.exclusive():
+            lock = self.get(token)
+            if lock is None:
+                raise LockGone(token)
+            lock["timeout"] = -1.0 if timeout < 0 else float(timeout)
+            lock["expire"] = expire_of(lock["timeout"])
+            self._conn().execute("UPDATE dav_locks SET timeout=?, expire=? WHERE token=?", (lock["timeout"], lock["expire"], token))
+        return lock
+
+    def delete(self, token: str) -> bool:
+        return self._conn().execute("DELETE FROM dav_locks WHERE token=?", (token,)).rowcount > 0
+
+    def get_lock_list(self, path: str, *, include_root: bool, include_children: bool, token_only: bool) -> list:
+        root = normalize_root(path)
+        now = time.time()
+        c = self._conn()
+        rows: list[tuple] = []
+        if include_root:
+            rows += c.execute(f"{_SELECT} WHERE root=? AND {_LIVE}", (root, now)).fetchall()
+        if include_children:
+            lo = child_prefix(root)
+            hi = lo[:-1] + "0"
+            rows += c.execute(f"{_SELECT} WHERE root >= ? AND root < ? AND root != ? AND {_LIVE}", (lo, hi, root, now)).fetchall()
+        locks = [_row(r) for r in rows]
+        return [lk["token"] for lk in locks] if token_only else locks
+
+    def count_for(self, principal: str) -> int:
+        r = self._conn().execute(f"SELECT COUNT(*) FROM dav_locks WHERE principal=? AND {_LIVE}", (principal, time.time())).fetchone()
+        return int(r[0])

@@ -1,0 +1,96 @@
+"""Dead WebDAV properties in Redis, shared by every davcoll instance.
+
+The Arvados backend has nowhere on the cluster to keep dead properties, so
+without a shared store each instance kept its own file and a property set
+through one instance was missing through another.  With ``shared_state``
+every instance reads and writes the same Redis database.
+
+Layout (under ``prefix``): ``D:<resource key>`` is a hash of property name
+(Clark notation) to value (XML bytes); ``didx`` is a sorted set of every
+resource key that has properties (all scores 0), so a subtree
+(``key`` and everything under ``key + "/"``) is one ``ZRANGEBYLEX`` range
+instead of a ``KEYS`` scan.  Index entries of keys whose hash became empty
+are harmless and dropped by the next subtree operation.  Copy and move read
+the subtree and rewrite it in one ``MULTI``/``EXEC`` under ``WATCH`` (retried
+if another instance changed the subtree meanwhile), so they are atomic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .props import PropertyStore
+
+
+class RedisPropertyStore(PropertyStore):
+    def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "davcoll:") -> None:
+        if isinstance(url_or_client, str):
+            self.r = redis.Redis.from_url(url_or_client, socket_timeout=30, health_check_interval=30)
+        else:
+            self.r = url_or_client
+        self.prefix = prefix
+        self._idx = prefix + "didx"
+
+    def _key(self, res_key: str) -> str:
+        return f"{self.prefix}D:{res_key}"
+
+    def names(self, key: str) -> list[str]:
+        return sorted(n.decode("utf-8") for n in self.r.hkeys(self._key(key)))
+
+    def get(self, key: str, name: str) -> bytes | None:
+        v = self.r.hget(self._key(key), name)
+        return bytes(v) if v is not None else None
+
+    def set(self, key: str, name: str, value: bytes) -> None:
+        p = self.r.pipeline(transaction=True)
+        p.hset(self._key(key), name, value)
+        p.zadd(self._idx, {key.encode("utf-8"): 0})
+        p.execute()
+
+    def remove(self, key: str, name: str) -> None:
+        self.r.hdel(self._key(key), name)
+
+    def _subtree(self, client: Any, key: str) -> list[str]:
+        """``key`` and every indexed key below it."""
+        k = key.rstrip("/")
+        lo, hi = (k + "/").encode("utf-8"), (k + "0").encode("utf-8")
+        below = client.zrangebylex(self._idx, b"[" + lo, b"(" + hi)
+        return [k] + [m.decode("utf-8") for m in below]
+
+    def remove_tree(self, key: str) -> None:
+        keys = self._subtree(self.r, key)
+        p = self.r.pipeline(transaction=True)
+        p.delete(*[self._key(k) for k in keys])
+        p.zrem(self._idx, *[k.encode("utf-8") for k in keys])
+        p.execute()
+
+    def copy_tree(self, src: str, dst: str) -> None:
+        self._rekey(src, dst, move=False)
+
+    def move_tree(self, src: str, dst: str) -> None:
+        self._rekey(src, dst, move=True)
+
+    def _rekey(self, src: str, dst: str, *, move: bool) -> None:
+        s, d = src.rstrip("/"), dst.rstrip("/")
+
+        def txn(pipe: Any) -> None:
+            keys = self._subtree(pipe, s)
+            pipe.watch(*[self._key(k) for k in keys])
+            values = [(k, pipe.hgetall(self._key(k))) for k in keys]
+            pipe.multi()
+            for k, props in values:
+                if not props:
+                    continue
+                new = d + k[len(s):]
+                pipe.hset(self._key(new), mapping=props)
+                pipe.zadd(self._idx, {new.encode("utf-8"): 0})
+                if move:
+                    pipe.delete(self._key(k))
+                    pipe.zrem(self._idx, k.encode("utf-8"))
+
+        self.r.transaction(txn, self._idx)
+
+    def close(self) -> None:
+        self.r.close()
