@@ -24,6 +24,7 @@ from cheroot import wsgi as cheroot_wsgi
 from . import __version__
 from .config import Config
 from .dav.auth import TokenAuthenticator
+from .dav.errors import DomainErrors
 from .dav.guard import RequestGuard
 from .dav.junk import JunkPolicy, JunkStore
 from .dav.locks import LockLimits, install_lock_manager
@@ -115,7 +116,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     )
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, TokenAuthenticator, SyncMiddleware, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, DomainErrors, TokenAuthenticator, SyncMiddleware, WsgiDavDirBrowser, RequestResolver],
         "lock_storage": False,  # install_lock_manager below (scoped, shared)
         "property_manager": None,
         "block_size": BLOCK_SIZE,

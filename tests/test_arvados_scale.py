@@ -96,3 +96,112 @@ def test_unchanged_collection_revalidates_with_one_small_call(fake, manager):
     before = n_api(fake)
     assert s.open_tree(rec.uuid) is fresh
     assert len(api_calls(fake, before)) == 1
+
+
+# --------------------------------------------------------------------------- item 4
+
+METHODS = ["GET", "HEAD", "PROPFIND", "PUT", "MKCOL", "DELETE", "COPY", "MOVE", "PROPPATCH", "LOCK"]
+PROPPATCH_BODY = (b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z"><D:set><D:prop>'
+                  b'<Z:color>red</Z:color></D:prop></D:set></D:propertyupdate>')
+LOCK_BODY = (b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+             b'<D:locktype><D:write/></D:locktype></D:lockinfo>')
+
+
+def _call(srv, h: dict, method: str, coll: str, n: int) -> requests.Response:
+    u = lambda p: srv.u(f"{coll}/{p}")  # noqa: E731
+    kw: dict = {"headers": dict(h), "timeout": 60}
+    if method in ("GET", "HEAD"):
+        return requests.request(method, u("f.txt"), **kw)
+    if method == "PROPFIND":
+        kw["headers"]["Depth"] = "1"
+        return requests.request(method, u(""), **kw)
+    if method == "PUT":
+        return requests.put(u(f"new{n}.txt"), data=b"new data %d" % n, **kw)
+    if method == "MKCOL":
+        return requests.request(method, u(f"dir{n}/"), **kw)
+    if method == "DELETE":
+        return requests.delete(u("del.txt"), **kw)
+    if method in ("COPY", "MOVE"):
+        kw["headers"]["Destination"] = u(f"{method.lower()}{n}.txt")
+        return requests.request(method, u("f.txt" if method == "COPY" else "mv.txt"), **kw)
+    if method == "PROPPATCH":
+        return requests.request(method, u("f.txt"), data=PROPPATCH_BODY, **kw)
+    assert method == "LOCK"
+    kw["headers"].update({"Timeout": "Second-60", "Depth": "0"})
+    return requests.request(method, u(f"lock{n}.txt"), data=LOCK_BODY, **kw)
+
+
+@pytest.mark.parametrize("outage", ["api", "keep", "both"])
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_outages_answer_5xx_with_a_reason_never_500(fake, tmp_path, outage, cache):
+    from server_util import running_server
+
+    token = fake.add_user(f"out-{outage}-{cache}")
+    h = {"Authorization": f"Bearer {token}"}
+    coll = f"o-{outage}-{cache}"
+    # revalidate_seconds=0: a warm tree is still checked on every request.
+    kw = dict(anonymous="none", backend="arvados", arvados_api_host=fake.api_url, revalidate_seconds=0)
+    backend = make_backend(fake, tmp_path)
+    with running_server(tmp_path / "state", backend_impl=backend, **kw) as srv:
+        assert requests.request("MKCOL", srv.u(f"{coll}/"), headers=h).status_code == 201
+        for name in ("f.txt", "del.txt", "mv.txt"):
+            assert requests.put(srv.u(f"{coll}/{name}"), data=b"content", headers=h).status_code == 201
+        if cache == "warm":
+            assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
+    backend = make_backend(fake, tmp_path)
+    with running_server(tmp_path / "state", backend_impl=backend, **kw) as srv:
+        if cache == "warm":  # login cache, tree and block cache all filled
+            assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
+            # ... but the 1 s listing memo has run out, as it has a second
+            # later (the issue's case: name lookup with the API down -> 500).
+            for sess in list(srv.app.sessions._sessions.values()):
+                sess.forget_listing()
+        services = ["api", "keep"] if outage == "both" else [outage]
+        for s in services:
+            fake.take_down(s)
+        try:
+            got = {}
+            for n, method in enumerate(METHODS):
+                r = _call(srv, h, method, coll, n)
+                got[method] = r.status_code
+                assert r.status_code != 500, (method, r.text[:300])
+                if r.status_code >= 500:
+                    assert r.status_code in (502, 503, 504), (method, r.status_code)
+                    if method != "HEAD":
+                        assert "unavailable" in r.text or "failed" in r.text, (method, r.text[:300])
+        finally:
+            for s in services:
+                fake.bring_up(s)
+        if outage in ("api", "both"):
+            # Every method needs the API server (token check or revalidation).
+            assert all(s in (502, 503, 504) for s in got.values()), got
+        else:
+            # Keep down: what needs block data fails, the rest still works.
+            assert got["PUT"] in (502, 503, 504), got
+            if cache == "cold":
+                assert got["GET"] in (502, 503, 504), got
+            assert got["PROPFIND"] == 207 and got["MKCOL"] == 201 and got["DELETE"] == 204, got
+        # Once the services are back, everything works again.
+        assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
+
+
+def test_fake_apply_then_drop_and_take_down(fake):
+    """The fake's outage knobs: an update that takes effect but never
+    answers, and a service whose port refuses connections until brought up."""
+    from davcoll.storage.catalog import Unavailable
+
+    token = fake.add_user("knobs")
+    cat = ArvadosCatalog(ArvadosClient(fake.api_url, token, **FAST_API))
+    rec = cat.create("knobs")
+    fake.faults.apply_then_drop_next("api", match="PATCH /arvados/v1/collections/")
+    with pytest.raises(Unavailable, match="outcome is unknown"):
+        cat.update(rec.uuid, properties={"applied": "yes"})
+    assert fake.collections[rec.uuid].properties == {"applied": "yes"}  # it did take effect
+    fake.take_down("api")
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(fake.api_url + "/arvados/v1/config", timeout=5)
+    finally:
+        fake.bring_up("api")
+    assert cat.get(rec.uuid).properties == {"applied": "yes"}
+    cat.close()

@@ -18,6 +18,7 @@ from wsgidav.dav_error import (
     HTTP_PRECONDITION_FAILED,
     DAVError,
 )
+from wsgidav.mw.base_mw import BaseMiddleware
 
 from ..collection import errors as fs
 from ..storage import blocks as bs
@@ -84,4 +85,34 @@ def dav_error(exc: BaseException, *, already_exists: int | None = None) -> DAVEr
     return DAVError(status, context_info=text[:300], add_headers=headers)
 
 
-__all__ = ["dav_error", "status_of", "HTTP_PRECONDITION_FAILED", "HTTP_UNAUTHORIZED", "HTTP_SERVICE_UNAVAILABLE"]
+class DomainErrors(BaseMiddleware):
+    """WSGI middleware (right inside WsgiDAV's ErrorPrinter): a domain error
+    that escaped its handler becomes its mapped status instead of a 500.
+
+    Handlers map errors where they catch them; this is the net under the
+    places that do not (e.g. a collection lookup while resolving a path when
+    the API server is down, which used to answer 500 instead of 503).  Once
+    the response has started, the status can no longer change and the error
+    is passed on as is.
+    """
+
+    def __call__(self, environ, start_response):
+        started = False
+        try:
+            app_iter = self.next_app(environ, start_response)
+            try:
+                for chunk in app_iter:
+                    started = True
+                    yield chunk
+            finally:
+                if hasattr(app_iter, "close"):
+                    app_iter.close()
+        except DAVError:
+            raise
+        except Exception as e:
+            if started or status_of(e) is None:
+                raise
+            raise dav_error(e) from None
+
+
+__all__ = ["DomainErrors", "dav_error", "status_of", "HTTP_PRECONDITION_FAILED", "HTTP_UNAUTHORIZED", "HTTP_SERVICE_UNAVAILABLE"]

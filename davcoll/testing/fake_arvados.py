@@ -48,7 +48,10 @@ Fault knobs
 keepstore (``service=index``) or for requests whose ``"METHOD /path"``
 contains ``match``: error statuses for the next N requests or at a seeded
 random rate, added latency, hangs (to provoke read timeouts), dropped
-connections, truncated or corrupted keep GET bodies and malformed API JSON.
+connections (before handling the request, or after it took effect:
+``apply_then_drop_next``), truncated or corrupted keep GET bodies and
+malformed API JSON.  ``take_down``/``bring_up`` stop and restart a service's
+listener on its port (connection refused in between).
 Randomness comes from ``random.Random(seed)``, so a run is reproducible.
 
 This module is test-only code: the server never imports it.
@@ -175,7 +178,7 @@ def _strip_tree(d: Dir) -> Dir:
 @dataclass
 class _Rule:
     endpoint: str
-    action: str  # status | hang | drop | truncate | corrupt | malformed
+    action: str  # status | hang | drop | apply_drop | truncate | corrupt | malformed
     remaining: int
     status: int = 503
     seconds: float = 0.0
@@ -221,6 +224,12 @@ class Faults:
     def drop_next(self, endpoint: str, n: int = 1, *, service: int | None = None, match: str | None = None) -> None:
         """Close the connection without any response."""
         self._add(_Rule(endpoint, "drop", n, service=service, match=match))
+
+    def apply_then_drop_next(self, endpoint: str = "api", n: int = 1, *, service: int | None = None, match: str | None = None) -> None:
+        """Handle the next ``n`` requests in full (an update is saved, a block
+        stored), then close the connection without a response: the client
+        cannot tell whether its request took effect."""
+        self._add(_Rule(endpoint, "apply_drop", n, service=service, match=match))
 
     def truncate_next(self, n: int = 1, *, fraction: float = 0.5, service: int | None = None) -> None:
         """Keep GET: announce the full Content-Length, send ``fraction`` of the body, close."""
@@ -455,6 +464,7 @@ class FakeArvados:
         self.requests: list[RequestRecord] = []
         self._last_modified = 0.0
         self._servers: list[cheroot.wsgi.Server] = []
+        self._roles: dict[str, tuple[cheroot.wsgi.Server, threading.Thread]] = {}  # "api"/"keep<i>" -> server
         self._threads: list[threading.Thread] = []
         self.api_url = ""
         self.api_port = 0
@@ -469,8 +479,14 @@ class FakeArvados:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _serve(self, app: Callable) -> int:
-        server = cheroot.wsgi.Server(("127.0.0.1", 0), app, numthreads=self._numthreads, shutdown_timeout=1, server_name="fake-arvados")
+    def _serve(self, app: Callable, port: int = 0, role: str = "") -> int:
+        if port == 0:
+            # A fixed port makes cheroot set SO_REUSEADDR, so ``bring_up``
+            # can listen on it again while old connections linger.
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        server = cheroot.wsgi.Server(("127.0.0.1", port), app, numthreads=self._numthreads, shutdown_timeout=1, server_name="fake-arvados")
         server.gateway = _Gateway
         server.error_log = lambda *a, **k: None  # aborted connections are intentional
         server.prepare()
@@ -479,15 +495,50 @@ class FakeArvados:
         t.start()
         self._servers.append(server)
         self._threads.append(t)
+        if role:
+            self._roles[role] = (server, t)
         return port
 
     def start(self) -> None:
         self._stop_event.clear()
-        self.api_port = self._serve(self._api_app)
+        self.api_port = self._serve(self._api_app, role="api")
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         for ks in self.keepstores:
-            ks.port = self._serve(self._keep_app(ks))
+            ks.port = self._serve(self._keep_app(ks), role=f"keep{ks.index}")
             ks.url = f"http://127.0.0.1:{ks.port}/"
+
+    def _roles_of(self, service: str) -> list[str]:
+        if service == "api":
+            return ["api"]
+        if service == "keep":
+            return [f"keep{ks.index}" for ks in self.keepstores]
+        if service.startswith("keep") and service[4:].isdigit() and int(service[4:]) < len(self.keepstores):
+            return [service]
+        raise ValueError("service must be 'api', 'keep' or 'keep<index>'")
+
+    def take_down(self, service: str) -> None:
+        """Stop a service's listener: its port then refuses connections
+        (``"api"``, ``"keep"`` for every keepstore, or ``"keep<index>"``)."""
+        for role in self._roles_of(service):
+            hit = self._roles.pop(role, None)
+            if hit is None:
+                continue
+            server, t = hit
+            server.stop()
+            t.join(timeout=10)
+            self._servers.remove(server)
+            self._threads.remove(t)
+
+    def bring_up(self, service: str) -> None:
+        """Serve a service taken down by ``take_down`` again, on its old port."""
+        for role in self._roles_of(service):
+            if role in self._roles:
+                continue
+            if role == "api":
+                self._serve(self._api_app, self.api_port, role)
+            else:
+                ks = self.keepstores[int(role[4:])]
+                self._serve(self._keep_app(ks), ks.port, role)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -508,6 +559,7 @@ class FakeArvados:
             t.join(timeout=5)
         self._servers.clear()
         self._threads.clear()
+        self._roles.clear()
 
     @property
     def keep_urls(self) -> list[str]:
@@ -670,6 +722,11 @@ class FakeArvados:
                 return [body]
         try:
             status, body = self._api_dispatch(environ, token)
+            if rule is not None and rule.action == "apply_drop":
+                self._record("api", environ, None, 0, token)
+                environ["fake.abort"]()
+                start_response("500 Internal Server Error", [("Content-Length", "0")])
+                return []
         except _HTTPError as e:
             return self._json_error(start_response, environ, token, e.status, e.message)
         except CatalogError as e:
@@ -1280,7 +1337,10 @@ class FakeArvados:
             self._drain(environ)
             return reply(401, b"no token provided in Authorization header\n")
         if method == "PUT":
-            return self._keep_put(ks, environ, reply, md5, size_hint, token)
+            out = self._keep_put(ks, environ, reply, md5, size_hint, token)
+            if rule is not None and rule.action == "apply_drop":
+                environ["fake.abort"]()
+            return out
         # GET / HEAD
         if not size_hint and md5 != _EMPTY_MD5:
             return reply(405, b"size hint required\n")
