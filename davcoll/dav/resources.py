@@ -328,6 +328,10 @@ class TopResource(DAVCollection):
     def handle_move(self, dest_path):
         raise DAVError(HTTP_FORBIDDEN, context_info="cannot move the top level")
 
+    def set_property_value(self, name, value, *, dry_run=False):
+        # Every user sees the same "/": its dead properties were shared scratch space.
+        raise DAVError(HTTP_FORBIDDEN, context_info="the top level is shared by every user; properties cannot be set here")
+
     def support_recursive_move(self, dest_path):
         return True
 
@@ -363,6 +367,9 @@ class ByIdResource(DAVCollection):
 
     def handle_move(self, dest_path):
         raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
+
+    def set_property_value(self, name, value, *, dry_run=False):
+        raise DAVError(HTTP_FORBIDDEN, context_info="/by_id is shared by every user; properties cannot be set here")
 
     def support_recursive_move(self, dest_path):
         return True
