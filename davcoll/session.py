@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
+from .collection.names import find_spelling
 from .manifest import is_portable_data_hash
 from .storage.blocks import BlockStore
 from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound, revision_key
@@ -233,10 +234,17 @@ class Session:
             self._list_memo = None
 
     def find_collection(self, name: str, *, fresh: bool = False) -> CollectionRecord | None:
-        for rec in self.list_collections(fresh=fresh):
-            if rec.name == name:
-                return rec
-        return None
+        """The collection a top-level name refers to: the exact spelling
+        first, else its NFC/NFD equivalent (see ``collection.names``)."""
+        by_name = {rec.name: rec for rec in self.list_collections(fresh=fresh)}
+        if name in by_name:
+            return by_name[name]
+        if not fresh and not name.isascii():
+            # Fall back to an equivalent spelling only if the exact one does
+            # not exist *now*: the memo may predate its creation.
+            by_name = {rec.name: rec for rec in self.list_collections(fresh=True)}
+        found = find_spelling(by_name, name)
+        return by_name[found] if found is not None else None
 
     # --------------------------------------------------------------- trees
 

@@ -262,7 +262,9 @@ row("path-dotdot-DELETE", req("DELETE", "/c/dir/.."), 400)
 row("path-dot", req("GET", "/c/./base.txt"), 400)
 row("path-encoded-slash", req("GET", "/c/dir%2fa.txt"), 400)
 row("path-encoded-slash-dotdot", req("GET", "/c/%2E%2E%2Fetc"), 400)
-row("path-encoded-backslash", req("PUT", "/c/a%5cb.txt", [], b"x"), 400)
+# (An encoded backslash is an ordinary name character now: test_data_safety.py.)
+row("path-control-char-new-name", req("PUT", "/c/a%01b.txt", [], b"x"), 400, "control characters make listings unusable")
+row("mkcol-control-char", req("MKCOL", "/c/a%1Bb/"), 400)
 row("path-encoded-nul-GET", req("GET", "/c/base.txt%00.jpg"), 400)
 row("path-encoded-nul-PUT", req("PUT", "/c/x%00.txt", [], b"x"), 400)
 row("path-encoded-nul-MKCOL", req("MKCOL", "/c/%00/"), 400)
@@ -304,9 +306,11 @@ row("line-GET-with-body", req("GET", "/c/base.txt", [], b"unexpected body"), {20
 for d in ["2", "-1", "garbage", "1,1", "0 ", "99999999999999999999", "infinity2"]:
     row(f"depth-{d.strip() or 'space'}-{'sp' if d.endswith(' ') else 'x'}", req("PROPFIND", "/c/", [("Depth", d)]),
         {400} if d != "0 " else {207}, "'0 ' is 0 after trimming" if d == "0 " else "")
-row("depth-infinity-PROPFIND", req("PROPFIND", "/c/", [("Depth", "infinity")]), 403,
-    "PROPFIND Depth: infinity is disabled by default: 403 with DAV:propfind-finite-depth (RFC 4918 9.1)")
-row("depth-missing-PROPFIND", req("PROPFIND", "/c/"), 403, "a missing Depth means infinity (RFC 4918)")
+row("depth-infinity-PROPFIND", req("PROPFIND", "/c/", [("Depth", "infinity")]), 207,
+    "PROPFIND Depth: infinity is answered (streamed) below propfind_infinity_max_entries")
+row("depth-missing-PROPFIND", req("PROPFIND", "/c/"), 207, "a missing Depth means infinity (RFC 4918)")
+row("depth-infinity-PROPFIND-root", req("PROPFIND", "/", [("Depth", "infinity")]), 403,
+    "the server root is never walked: 403 with DAV:propfind-finite-depth (RFC 4918 9.1)")
 row("depth-1-COPY", dest("http://H/c/copy-depth1.txt", extra=(("Depth", "1"),)), 400, "COPY allows Depth 0 or infinity only")
 row("depth-0-DELETE-folder", req("DELETE", "/c/dir/", [("Depth", "0")]), 400, "DELETE of a folder must be Depth infinity")
 row("depth-0-MOVE-folder", dest("http://H/c/dir2/", method="MOVE", src="/c/dir/", extra=(("Depth", "0"),)), 400)
@@ -343,6 +347,12 @@ row("dest-reserved", dest("http://H/_health"), {403, 404, 405, 409, 412})
 row("dest-missing-MOVE", req("MOVE", "/c/base.txt"), 400)
 row("dest-existing-no-overwrite", dest("http://H/c/five.txt", extra=(("Overwrite", "F"),)), 412)
 row("dest-query-fragment", dest("http://H/c/x.txt?a=1#f", src="/c/nonexistent.txt"), {400, 404})
+row("dest-query", dest("http://H/c/x.txt?a=1"), 400, "a query in a Destination is a 400 (not silently dropped)")
+row("dest-fragment", dest("http://H/c/x.txt#f"), 400)
+row("dest-fragment-dotdot", dest("http://H/c/z#/../../other/"), 400)
+row("dest-control-char", dest("http://H/c/x%07.txt"), 400)
+row("dest-reserved-top-MOVE", dest("http://H/_metrics/", method="MOVE", src="/c/"), 403)
+
 row("dest-huge", dest("http://H/c/" + "x" * 60000, src="/c/nonexistent.txt"), {400, 404, 413})
 
 # Range ------------------------------------------------------------------------

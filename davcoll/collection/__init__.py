@@ -20,7 +20,8 @@ from .errors import (
     StorageFailure,
 )
 from .io import FileReader, FileWriter
-from .tree import VIRTUAL_RECORD_NAME, ChangeSet, CollectionTree, DirNode, Stat, check_name, split_path
+from .names import check_name, split_path
+from .tree import VIRTUAL_RECORD_NAME, ChangeSet, CollectionTree, DirNode, Stat
 
 __all__ = [
     "AlreadyExists", "BufferBlock", "BusyError", "ByteBudget", "ChangeSet", "CollectionTree",

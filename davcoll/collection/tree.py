@@ -79,6 +79,7 @@ from .errors import (
     ReadOnly,
 )
 from .commits import CommitQueue
+from .names import check_name, check_new_name, find_spelling, spelling_for_new, split_path
 from .io import FileReader, FileWriter
 from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
 
@@ -88,31 +89,6 @@ WRITER_LOCK_TIMEOUT = 120.0
 #: tree holds bytes that are not stored yet (they have no locator to show).
 RECORD_WAIT_TIMEOUT = 10.0
 _RECORD_KEYS = ("uuid", "name", "portable_data_hash", "manifest_text", "properties", "modified_at", "version")
-
-
-def check_name(name: str) -> str:
-    """Validate one path component (raises InvalidName).
-
-    Besides the names no filesystem allows, a name must be encodable as
-    UTF-8 (a lone surrogate from a lossy URL decode is not): manifests are
-    UTF-8, so such a name would otherwise only fail at commit time.
-    """
-    if not name or name == "." or name == ".." or "/" in name or "\x00" in name:
-        raise InvalidName(f"invalid name {name!r}")
-    if not name.isascii():
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidName(f"name is not valid UTF-8: {name!r}") from None
-    return name
-
-
-def split_path(path: str) -> list[str]:
-    """Components of a collection-relative path ('' or '/' is the root)."""
-    parts = [p for p in path.split("/") if p]
-    for p in parts:
-        check_name(p)
-    return parts
 
 
 #: ``DirNode.tail`` value meaning "the own-files line of ``src`` in the
@@ -274,28 +250,54 @@ class CollectionTree:
         else:
             out.append(sname + text[text.index(" ") :] + "\n")
 
-    def _walk(self, parts: list[str]) -> Any:
-        """Entry at ``parts`` (DirNode or segment tuple); caller holds _lock."""
+    def _walk(self, parts: list[str], resolved: list[str] | None = None) -> Any:
+        """Entry at ``parts`` (DirNode or segment tuple); caller holds _lock.
+
+        Each component is looked up by its exact spelling first, then by
+        its canonically equivalent one (``names.find_spelling``); the
+        spellings actually found are appended to ``resolved``.
+        """
         node: Any = self.root
         for i, part in enumerate(parts):
             if type(node) is not DirNode:
                 raise NotADirectory("/".join(parts[:i]))
-            node = self._load(node).get(part)
+            ch = self._load(node)
+            node = ch.get(part)
             if node is None:
-                raise NotFound("/".join(parts[: i + 1]))
+                found = find_spelling(ch, part)
+                if found is None:
+                    raise NotFound("/".join(parts[: i + 1]))
+                part = found
+                node = ch[found]
+            if resolved is not None:
+                resolved.append(part)
         return node
 
-    def _parent(self, parts: list[str]) -> tuple[DirNode, dict[str, Any], str]:
-        """Parent directory node, its children and the last name."""
+    def _parent(self, parts: list[str]) -> tuple[DirNode, dict[str, Any], str, list[str]]:
+        """Parent directory node, its children, the spelling of the last
+        name to act on (an existing entry's, else NFC) and the whole
+        resolved path."""
         if not parts:
             raise InvalidName("the collection root has no parent")
+        resolved: list[str] = []
         try:
-            parent = self._walk(parts[:-1])
+            parent = self._walk(parts[:-1], resolved)
         except NotFound as e:
             raise ParentNotFound(str(e)) from e
         if type(parent) is not DirNode:
             raise NotADirectory("/".join(parts[:-1]))
-        return parent, self._load(parent), parts[-1]
+        ch = self._load(parent)
+        name = spelling_for_new(ch, parts[-1])
+        resolved.append(name)
+        return parent, ch, name, resolved
+
+    def resolve(self, path: str) -> str:
+        """The stored spelling of an existing ``path`` (raises NotFound)."""
+        parts = split_path(path)
+        resolved: list[str] = []
+        with self._lock:
+            self._walk(parts, resolved)
+        return "/".join(resolved)
 
     # ------------------------------------------------------------------ reading
 
@@ -362,7 +364,10 @@ class CollectionTree:
         except (NotFound, NotADirectory):
             return self.mtime
         mt = parent.mtimes
-        return mt.get(parts[-1], self.mtime) if mt else self.mtime
+        if not mt:
+            return self.mtime
+        name = find_spelling(mt, parts[-1])
+        return mt[name] if name is not None else self.mtime
 
     def _stat_entry(self, node: Any, name: str, mtime: float) -> Stat:
         if type(node) is DirNode:
@@ -457,14 +462,16 @@ class CollectionTree:
         self._check_writable(parts)
         change.acquire(self)
         with self._lock:
-            parent, ch, name = self._parent(parts)
+            parent, ch, name, resolved = self._parent(parts)
             old = ch.get(name)
             if type(old) is DirNode:
                 raise IsADirectory(path)
-            if old is not None and old == segs:
+            if old is None:
+                check_new_name(name)
+            elif old == segs:
                 return False
             self._set(change, parent, ch, name, segs)
-        change._ops.append(("put", self, "/".join(parts), segs))
+        change._ops.append(("put", self, "/".join(resolved), segs))
         return old is None
 
     def mkdir(self, change: "ChangeSet", path: str) -> None:
@@ -472,11 +479,12 @@ class CollectionTree:
         self._check_writable(parts)
         change.acquire(self)
         with self._lock:
-            parent, ch, name = self._parent(parts)
+            parent, ch, name, resolved = self._parent(parts)
             if name in ch:
                 raise AlreadyExists(path)
+            check_new_name(name)
             self._set(change, parent, ch, name, DirNode(children={}))
-        change._ops.append(("mkdir", self, "/".join(parts), None))
+        change._ops.append(("mkdir", self, "/".join(resolved), None))
 
     def remove(self, change: "ChangeSet", path: str) -> None:
         """Delete a file, or a directory recursively."""
@@ -486,11 +494,11 @@ class CollectionTree:
             raise InvalidMove("cannot delete the collection root here")
         change.acquire(self)
         with self._lock:
-            parent, ch, name = self._parent(parts)
+            parent, ch, name, resolved = self._parent(parts)
             if name not in ch:
                 raise NotFound(path)
             self._set(change, parent, ch, name, None)
-        change._ops.append(("delete", self, "/".join(parts), None))
+        change._ops.append(("delete", self, "/".join(resolved), None))
 
     def _copy_entry(self, entry: Any) -> Any:
         """A structurally independent copy (segment tuples are shared)."""
@@ -519,17 +527,22 @@ class CollectionTree:
         self._check_writable(dp)
         if not sp or not dp:
             raise InvalidMove("cannot move or copy the collection root")
-        if sp == dp:
-            raise InvalidMove("source and destination are the same")
-        if dp[: len(sp)] == sp:
-            raise InvalidMove("cannot move or copy a directory into itself")
         change.acquire(self)
         with self._lock:
-            entry = self._walk(sp)
-            dparent, dch, dname = self._parent(dp)
+            sres: list[str] = []
+            entry = self._walk(sp, sres)
+            dparent, dch, dname, dres = self._parent(dp)
+            # Compared by the spellings found: an NFD request path naming an
+            # NFC entry is the same entry.
+            if sres == dres:
+                raise InvalidMove("source and destination are the same")
+            if dres[: len(sres)] == sres:
+                raise InvalidMove("cannot move or copy a directory into itself")
             existing = dch.get(dname)
             if existing is not None and not overwrite:
                 raise AlreadyExists(dst)
+            if existing is None:
+                check_new_name(dname)
             if type(entry) is DirNode and not recursive:
                 value: Any = DirNode(children={})
                 kind = "mkdir"
@@ -537,10 +550,10 @@ class CollectionTree:
                 value = self._copy_entry(entry) if not move else entry
                 kind = "move" if move else "copy"
             if move:
-                sparent, sch, sname = self._parent(sp)
+                sparent, sch, sname, _ = self._parent(sres)
                 self._set(change, sparent, sch, sname, None)
             self._set(change, dparent, dch, dname, value)
-        src_path, dst_path = "/".join(sp), "/".join(dp)
+        src_path, dst_path = "/".join(sres), "/".join(dres)
         change._ops.append((kind, self, dst_path, src_path if kind != "mkdir" else None))
         return existing is None
 
@@ -559,13 +572,15 @@ class CollectionTree:
                 content = entry
         change.acquire(self)
         with self._lock:
-            dparent, dch, dname = self._parent(dp)
+            dparent, dch, dname, dres = self._parent(dp)
             existing = dch.get(dname)
             if existing is not None and not overwrite:
                 raise AlreadyExists(dst)
+            if existing is None:
+                check_new_name(dname)
             value = self._from_dir(content) if isinstance(content, Dir) else content
             self._set(change, dparent, dch, dname, value)
-        change._ops.append(("import", self, "/".join(dp), content))
+        change._ops.append(("import", self, "/".join(dres), content))
         return existing is None
 
     def _materialize(self, node: DirNode) -> Dir:

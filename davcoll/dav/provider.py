@@ -32,8 +32,10 @@ from ..session import Session, parse_time, record_dict
 from ..storage.catalog import CatalogError, CollectionRecord
 from ..storage.catalog import NotFound as CatalogNotFound
 from .auth import path_token_width
+from .copymove import copy_or_move
 from .errors import dav_error
 from .junk import JunkStore
+from .propfind import handle_propfind
 from .props import DeadPropertyManager
 
 _UUID_RE = re.compile(r"[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}")
@@ -101,11 +103,11 @@ class Location:
 
 
 class CollectionProvider(DAVProvider):
-    def __init__(self, *, junk: JunkStore, prop_manager: DeadPropertyManager | None, propfind_infinity: bool = False) -> None:
+    def __init__(self, *, junk: JunkStore, prop_manager: DeadPropertyManager | None, propfind_max_entries: int = 10_000) -> None:
         super().__init__()
         self.junk = junk
         self._dead_props = prop_manager
-        self.propfind_infinity = propfind_infinity
+        self.propfind_max_entries = propfind_max_entries  # Depth: infinity cap (dav/propfind.py)
 
     def set_prop_manager(self, prop_manager) -> None:
         # WsgiDAV passes its own (None unless configured); we always use ours.
@@ -154,7 +156,9 @@ class CollectionProvider(DAVProvider):
 
     def locate(self, path: str, environ: dict) -> Location | None:
         """Parse a share-relative path; None if it cannot name anything."""
-        parts = [unicodedata.normalize("NFC", p) for p in path.split("/") if p]
+        # Names are looked up as spelled (exact bytes first; the tree and
+        # find_collection fall back to the NFC/NFD equivalent).
+        parts = [p for p in path.split("/") if p]
         parts = parts[path_token_width(parts):]
         if not parts:
             return Location(kind="top")
@@ -244,8 +248,9 @@ class CollectionProvider(DAVProvider):
         try:
             segs = tree.snapshot(loc.inner)
         except IsADirectory:
-            st = tree.stat(loc.inner)
-            return DirResource(path, environ, loc, st)
+            if not loc.inner.isascii():
+                loc.inner = tree.resolve(loc.inner)
+            return DirResource(path, environ, loc, tree.stat(loc.inner))
         except (NotFound, NotADirectory, InvalidName):
             fresh = self._after_miss(environ, loc, tree)
             if fresh is None:
@@ -254,11 +259,17 @@ class CollectionProvider(DAVProvider):
             try:
                 segs = tree.snapshot(loc.inner)
             except IsADirectory:
+                if not loc.inner.isascii():
+                    loc.inner = tree.resolve(loc.inner)
                 return DirResource(path, environ, loc, tree.stat(loc.inner))
             except (NotFound, NotADirectory, InvalidName):
                 return None
         except FsError as e:
             raise dav_error(e) from e
+        if not loc.inner.isascii():
+            # Locks and dead properties key on the stored spelling, whichever
+            # equivalent spelling the request used.
+            loc.inner = tree.resolve(loc.inner)
         st = Stat(False, size_of(segs), _mtime(tree, loc.inner), etag_of(segs))
         return FileResource(path, environ, loc, st, segs)
 
@@ -299,17 +310,38 @@ class CollectionProvider(DAVProvider):
             return False
         return ident is not None and is_portable_data_hash(ident)
 
+    def destination_refusal(self, dest_path: str) -> str | None:
+        """Why a COPY/MOVE may not create ``dest_path`` (None: it may).
+
+        The top level holds collections only, under the names MKCOL would
+        accept: a collection moved to ``/_health/`` would hide behind the
+        health endpoint, one moved to ``/c=<uuid>/`` behind another
+        collection.
+        """
+        parts = [p for p in dest_path.split("/") if p]
+        parts = parts[path_token_width(parts):]
+        if len(parts) == 1:
+            return self.reserved_name_reason(parts[0])
+        return None
+
     def custom_request_handler(self, environ, start_response, default_handler):
+        method = environ.get("REQUEST_METHOD")
         # Every write method on a snapshot is refused the same way (LOCK and
         # PROPPATCH would otherwise reach the lock and property managers).
-        if environ.get("REQUEST_METHOD") in SNAPSHOT_REFUSED and self.is_snapshot_path(environ.get("PATH_INFO", "")):
+        if method in SNAPSHOT_REFUSED and self.is_snapshot_path(environ.get("PATH_INFO", "")):
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot (PDH) is read-only")
+        if method in ("COPY", "MOVE"):
+            # Our own Destination parsing (see copymove.py); ``default_handler``
+            # is a bound method of WsgiDAV's RequestServer, whose checks we reuse.
+            return copy_or_move(default_handler.__self__, environ, start_response, is_move=method == "MOVE")
         self._check_if_modified_since(environ)
         if environ.get("HTTP_IF_MATCH") and environ.get("REQUEST_METHOD") in ("PUT", "MKCOL", "LOCK"):
             # RFC 9110 13.1.1: If-Match is false when there is no current
             # representation (WsgiDAV ignores it for unmapped URLs and creates).
             if self.get_resource_inst(environ.get("PATH_INFO", ""), environ) is None:
                 raise DAVError(HTTP_PRECONDITION_FAILED, context_info="If-Match: the target does not exist")
+        if environ.get("REQUEST_METHOD") == "PROPFIND":
+            return handle_propfind(self, environ, start_response, default_handler)  # streamed multistatus
         return default_handler(environ, start_response)
 
     def _check_if_modified_since(self, environ: dict) -> None:

@@ -30,6 +30,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
 from ..collection import ChangeSet, FsError, Stat
+from ..collection.names import display_safe
 from ..collection.segments import etag_of, size_of
 from ..collection.io import FileReader
 from ..storage.blocks import BlockStoreError
@@ -120,6 +121,11 @@ class _Mixin:
         raise DAVError(HTTP_INTERNAL_ERROR, context_info="unexpected fallback move")
 
     get_href = href_of
+
+    def get_display_name(self) -> str:
+        # Names other clients wrote may hold characters XML cannot carry;
+        # the href (percent-encoded) still names the entry exactly.
+        return display_safe(self.loc.name)
 
     def get_property_value(self, name: str):
         # RFC 4918 15.6: getetag holds the entity-tag as in the ETag header,
@@ -387,9 +393,6 @@ class DirResource(_Mixin, DAVCollection):
     def get_ref_url(self) -> str:
         return self._ref_key()
 
-    def get_display_name(self) -> str:
-        return self.loc.name
-
     def get_last_modified(self):
         return self.stat.mtime
 
@@ -503,7 +506,7 @@ class DirResource(_Mixin, DAVCollection):
 
     def create_empty_resource(self, name: str):
         prov = self.provider
-        name = unicodedata.normalize("NFC", name)
+        # The tree picks the spelling (an existing equivalent name, else NFC).
         child = self.loc.child(name)
         if prov.junk.is_junk(name):
             child.junk = True
@@ -523,7 +526,6 @@ class DirResource(_Mixin, DAVCollection):
         return FileResource(util.join_uri(self.path, name), self.environ, child, None, None)
 
     def create_collection(self, name: str):
-        name = unicodedata.normalize("NFC", name)
         assert self.loc.tree is not None
         if self.provider.junk.is_junk(name):
             raise DAVError(HTTP_FORBIDDEN, context_info="system metadata names cannot be folders")
@@ -621,9 +623,6 @@ class FileResource(_Mixin, DAVNonCollection):
 
     def get_ref_url(self) -> str:
         return self._ref_key()
-
-    def get_display_name(self) -> str:
-        return self.loc.name
 
     def get_content_length(self):
         if self._segs is not None:
@@ -768,9 +767,6 @@ class JunkResource(_Mixin, DAVNonCollection):
 
     def get_ref_url(self) -> str:
         return self._ref_key()
-
-    def get_display_name(self) -> str:
-        return self.loc.name
 
     def get_content_length(self):
         return len(self.entry.data) if self.entry else 0
