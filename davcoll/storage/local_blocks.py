@@ -597,7 +597,9 @@ class LocalBlockWriter(BlockWriter):
     queues of chunks), and hashing and writing overlap with receiving the
     next chunks.  Hashing and writing run in two helper threads, chained
     (chunk k is written while chunk k+1 is hashed); both release the GIL,
-    so the rate is the slower of the two rather than their sum.  The temp
+    so the rate is the slower of the two rather than their sum.  The md5
+    thread is the slower one, so the writing thread also computes the
+    read-time xxh3 digest (recorded as an xattr before the fsync).  The temp
     file lives in ``blocks/tmp`` (swept by ``remove_stale_temps``) because
     its final directory is only known once the md5 is.
     """
@@ -631,7 +633,6 @@ class LocalBlockWriter(BlockWriter):
             item = self._to_hash.get()
             if item is not None:
                 self._md5.update(item)
-                self._xxh3.update(item)
             self._to_write.put(item)
             if item is None:
                 return
@@ -641,6 +642,9 @@ class LocalBlockWriter(BlockWriter):
             item = self._to_write.get()
             if item is None:
                 return
+            # xxh3 here, not in the md5 thread: md5 is the upload's
+            # bottleneck, and this thread mostly waits for it.
+            self._xxh3.update(item)
             if self._error is None:
                 try:
                     _write_all(self._fd, memoryview(item).cast("B"))
