@@ -9,6 +9,7 @@ The WebDAV layer only sees the ``Backend`` interface (``session.py``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from .storage.local_tokens import LocalTokenStore
 from .storage.props import PropertyStore
 
 ANONYMOUS_ID = "anonymous"
+
+log = logging.getLogger("davcoll.backends")
 
 
 class LocalBackend(Backend):
@@ -112,6 +115,9 @@ class ArvadosBackend(Backend):
         from .storage.keep import KeepClient
 
         self.api_url = api_url
+        if insecure:
+            # Once here instead of an InsecureRequestWarning per API/Keep call.
+            log.warning("TLS certificate verification is off for the Arvados API and Keep (insecure = true)")
         self._client = ArvadosClient(api_url, "", verify_tls=not insecure, **(client_options or {}))
         self._keep = KeepClient(api_url, "", services=keep_services, verify_tls=not insecure, **(keep_options or {}))
         self._anonymous_token = anonymous_token

@@ -205,3 +205,68 @@ def test_fake_apply_then_drop_and_take_down(fake):
         fake.bring_up("api")
     assert cat.get(rec.uuid).properties == {"applied": "yes"}
     cat.close()
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+@pytest.fixture(scope="module")
+def tls_fake(tmp_path_factory):
+    from davcoll.testing.fake_arvados import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path_factory.mktemp("tls"))
+    with FakeArvados(keepstores=2, seed=5, tls=(cert, key)) as f:
+        f.cert_file = cert
+        yield f
+
+
+def _round_trip(backend: ArvadosBackend, token: str) -> None:
+    """Token check, Keep put/get and a collection create through the backend."""
+    principal = backend.authenticate(token)
+    assert principal is not None
+    store = backend.block_store(principal)
+    loc = store.put(b"over tls")
+    assert store.get(loc) == b"over tls"
+    backend.catalog(principal).create(f"tls-{time.monotonic_ns()}", f". {loc} 0:8:f\n")
+
+
+@pytest.mark.parametrize("var", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_insecure_is_honoured_with_ca_bundle_variables(tls_fake, tmp_path, monkeypatch, caplog, var):
+    import warnings
+
+    import certifi
+
+    # A CA bundle that does not know the fake's self-signed certificate.
+    monkeypatch.setenv(var, certifi.where())
+    token = tls_fake.add_user(f"tls-{var}")
+    with caplog.at_level("WARNING", logger="davcoll"):
+        backend = make_backend(tls_fake, tmp_path, insecure=True)
+    try:
+        assert [r for r in caplog.records if "verification is off" in r.getMessage()]
+        with warnings.catch_warnings(record=True) as seen:
+            _round_trip(backend, token)
+        assert not [w for w in seen if "Unverified HTTPS" in str(w.message)]
+    finally:
+        backend.close()
+
+
+def test_verification_uses_the_environment_bundle_when_on(tls_fake, tmp_path, monkeypatch):
+    from davcoll.storage.catalog import Unavailable
+
+    token = tls_fake.add_user("tls-verify")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tls_fake.cert_file)  # trusts the fake
+    backend = make_backend(tls_fake, tmp_path)
+    try:
+        _round_trip(backend, token)
+    finally:
+        backend.close()
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # does not
+    backend = ArvadosBackend(tls_fake.api_url, data_dir=tmp_path / "s2",
+                             client_options=dict(FAST_API, retries=0), keep_options=dict(FAST_KEEP))
+    try:
+        with pytest.raises(Unavailable):
+            backend.authenticate(token)
+    finally:
+        backend.close()

@@ -54,6 +54,7 @@ import re
 import secrets
 import threading
 import time
+import warnings
 from typing import Any, Callable, Mapping
 
 import requests
@@ -78,7 +79,7 @@ from .catalog import (
 )
 from .replace_files import apply_to_tree, plan_replace_files
 
-__all__ = ["ArvadosClient", "ArvadosCatalog", "RETRY_STATUSES", "parse_version"]
+__all__ = ["ArvadosClient", "ArvadosCatalog", "RETRY_STATUSES", "parse_version", "quiet_insecure_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,16 @@ def _normalize_api_url(url: str) -> str:
     return url
 
 
+def quiet_insecure_warnings() -> None:
+    """Silence urllib3's per-request ``InsecureRequestWarning``.
+
+    With TLS verification turned off on purpose (``insecure = true``) the
+    warning would fire on every API and Keep call; the backend logs one
+    warning at start-up instead.
+    """
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+
+
 class _NotSent(Exception):
     """Marker: the request never reached the server (safe to retry)."""
 
@@ -138,7 +149,7 @@ class ArvadosClient:
         *,
         timeout: float | tuple[float, float] = (10.0, 300.0),
         retries: int = 4,
-        verify_tls: bool = True,
+        verify_tls: bool | str = True,
         backoff_start: float = 1.0,
         backoff_max: float = 30.0,
         pool_size: int = 16,
@@ -159,7 +170,12 @@ class ArvadosClient:
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-        session.verify = verify_tls
+        # Passed with every request: requests prefers REQUESTS_CA_BUNDLE /
+        # CURL_CA_BUNDLE over Session.verify, which silently re-enabled
+        # verification for ``insecure = true`` when either was set.
+        self._verify = verify_tls
+        if verify_tls is False:
+            quiet_insecure_warnings()
         self._session = session
 
     def __repr__(self) -> str:  # never show the token
@@ -176,7 +192,7 @@ class ArvadosClient:
             token,
             timeout=self.timeout,
             retries=self.retries,
-            verify_tls=bool(self._session.verify),
+            verify_tls=self._verify,
             backoff_start=self.backoff_start,
             backoff_max=self.backoff_max,
             pool_size=self._pool_size,
@@ -212,7 +228,7 @@ class ArvadosClient:
         headers = {"X-Request-Id": self._request_id(), "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token}"
-        kwargs: dict[str, Any] = {"headers": headers, "timeout": self.timeout}
+        kwargs: dict[str, Any] = {"headers": headers, "timeout": self.timeout, "verify": self._verify}
         if method == "GET" and params:
             query = self._encode_params(params)
             if sum(len(k) + len(v) for k, v in query.items()) > _MAX_QUERY:

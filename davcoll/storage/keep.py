@@ -45,11 +45,13 @@ import re
 import secrets
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import requests
 import requests.adapters
+import urllib3.exceptions
 
 from ..manifest import EMPTY_BLOCK, MAX_BLOCK_SIZE, bare_locator
 from .blocks import (
@@ -206,7 +208,7 @@ class KeepClient(BlockStore):
         num_retries: int = 10,
         backoff_start: float = 2.0,
         backoff_max: float = 60.0,
-        verify_tls: bool = True,
+        verify_tls: bool | str = True,
         discovery_ttl: float = 300.0,
         pool_size: int = 16,
         request_id: Callable[[], str] | None = None,
@@ -234,7 +236,11 @@ class KeepClient(BlockStore):
             adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-        session.verify = verify_tls
+        # Passed with every request (see ArvadosClient: the environment's CA
+        # bundle would otherwise override ``verify=False``).
+        self._verify = verify_tls
+        if verify_tls is False:
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._session = session
         self._fixed: list[KeepService] | None = None
         if services is not None:
@@ -264,7 +270,7 @@ class KeepClient(BlockStore):
             num_retries=self.num_retries,
             backoff_start=self.backoff_start,
             backoff_max=self.backoff_max,
-            verify_tls=bool(self._session.verify),
+            verify_tls=self._verify,
             discovery_ttl=self.discovery_ttl,
             pool_size=self._pool_size,
             request_id=self._request_id,
@@ -296,7 +302,7 @@ class KeepClient(BlockStore):
     def _discover(self) -> list[KeepService]:
         url = f"{self._api_url}/arvados/v1/keep_services/accessible"
         try:
-            r = self._session.get(url, headers=self._headers(), timeout=(self.proxy_connect_timeout, 60.0))
+            r = self._session.get(url, headers=self._headers(), timeout=(self.proxy_connect_timeout, 60.0), verify=self._verify)
         except requests.RequestException as e:
             raise BlockStoreUnavailable(f"keep service discovery failed: {type(e).__name__}") from None
         if r.status_code in (401, 403):
@@ -413,7 +419,8 @@ class KeepClient(BlockStore):
 
     def _get_from(self, svc: KeepService, locator: str, md5: str, size: int, rnd: int) -> bytes | int:
         """The verified body from one service, or its failing status code."""
-        r = self._session.get(svc.url + locator, headers=self._headers(), timeout=self._timeout(svc, rnd), stream=True)
+        r = self._session.get(svc.url + locator, headers=self._headers(), timeout=self._timeout(svc, rnd), stream=True,
+                              verify=self._verify)
         try:
             if r.status_code != 200:
                 log.debug("keep GET %s from %s: HTTP %d", bare_locator(locator), svc.url, r.status_code)
@@ -462,7 +469,8 @@ class KeepClient(BlockStore):
                 break
             for svc in cands:
                 try:
-                    r = self._session.head(svc.url + locator, headers=self._headers(), timeout=self._timeout(svc, rnd))
+                    r = self._session.head(svc.url + locator, headers=self._headers(), timeout=self._timeout(svc, rnd),
+                                           verify=self._verify)
                     r.close()
                 except requests.RequestException:
                     tally.record(svc, 0)
@@ -590,7 +598,7 @@ class KeepClient(BlockStore):
             }
         )
         try:
-            r = self._session.put(svc.url + md5, data=mv, headers=headers, timeout=self._timeout(svc, rnd))
+            r = self._session.put(svc.url + md5, data=mv, headers=headers, timeout=self._timeout(svc, rnd), verify=self._verify)
             body = r.text
             r.close()
         except requests.RequestException as e:

@@ -70,6 +70,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import cheroot.wsgi
@@ -89,7 +90,7 @@ from ..storage import signatures as sg
 from ..storage.catalog import BadRequest, CatalogError, NotFound
 from ..storage.replace_files import apply_to_tree, plan_replace_files
 
-__all__ = ["FakeArvados", "Faults", "FakeUser", "FakeKeepstore", "RequestRecord", "render_go_layout"]
+__all__ = ["FakeArvados", "Faults", "FakeUser", "FakeKeepstore", "RequestRecord", "render_go_layout", "self_signed_cert"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,47 @@ def _strip_tree(d: Dir) -> Dir:
         else:
             out[name] = _strip_tree(v)
     return out
+
+
+def self_signed_cert(directory: str | Path, host: str = "127.0.0.1") -> tuple[str, str]:
+    """Write a self-signed certificate for ``host`` and its key; return the paths.
+
+    For ``FakeArvados(tls=...)``: a cluster whose certificate no default CA
+    bundle trusts, as with ``insecure = true`` deployments.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = d / "fake-arvados.crt", d / "fake-arvados.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
 
 
 # ---------------------------------------------------------------------------
@@ -433,6 +475,7 @@ class FakeArvados:
         max_items_per_response: int = 1000,
         replicas_per_put: int = 1,
         numthreads: int = 24,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.seed = seed
@@ -447,6 +490,7 @@ class FakeArvados:
         self.replicas_per_put = replicas_per_put
         self.time_offset = 0.0  # added to the wall clock: tests age signatures with it
         self._numthreads = numthreads
+        self.tls = tls  # (certificate file, key file): serve HTTPS (see self_signed_cert)
         self._stop_event = threading.Event()
         self.faults = Faults(seed, self._stop_event)
         # _lock guards every dict below and the rng; _coll_locks serialize
@@ -489,6 +533,10 @@ class FakeArvados:
         server = cheroot.wsgi.Server(("127.0.0.1", port), app, numthreads=self._numthreads, shutdown_timeout=1, server_name="fake-arvados")
         server.gateway = _Gateway
         server.error_log = lambda *a, **k: None  # aborted connections are intentional
+        if self.tls is not None:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+            server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
         server.prepare()
         port = server.bind_addr[1]
         t = threading.Thread(target=server.serve, name=f"fake-arvados-{port}", daemon=True)
@@ -502,10 +550,11 @@ class FakeArvados:
     def start(self) -> None:
         self._stop_event.clear()
         self.api_port = self._serve(self._api_app, role="api")
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        scheme = "https" if self.tls is not None else "http"
+        self.api_url = f"{scheme}://127.0.0.1:{self.api_port}"
         for ks in self.keepstores:
             ks.port = self._serve(self._keep_app(ks), role=f"keep{ks.index}")
-            ks.url = f"http://127.0.0.1:{ks.port}/"
+            ks.url = f"{scheme}://127.0.0.1:{ks.port}/"
 
     def _roles_of(self, service: str) -> list[str]:
         if service == "api":
@@ -903,7 +952,7 @@ class FakeArvados:
                 "owner_uuid": f"{self.cluster_id}-tpzed-000000000000000",
                 "service_host": "127.0.0.1",
                 "service_port": ks.port,
-                "service_ssl_flag": False,
+                "service_ssl_flag": self.tls is not None,
                 "service_type": "disk",
                 "read_only": ks.read_only,
             }
