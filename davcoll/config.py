@@ -73,8 +73,23 @@ class Config:
     data_dir: str = "./davcoll-data"
     listen: str = field(default="127.0.0.1:8080", metadata={"check": _listen_problem})
     anonymous: str = field(default="auto", metadata={"choices": ("auto", "none", "read", "write")})
+    # Worker threads kept ready; the pool grows past this under load, up to max_threads.
     threads: int = field(default=64, metadata={"min": 1})
+    # Seconds a request body or a response may make no progress (idle, not total).
     timeout: int = field(default=300, metadata={"gt": 0})
+    # A request line + headers must arrive within this many seconds (from the
+    # connection, or from the first byte of a later request on a keep-alive
+    # connection): silent and slow-header clients are cut off here.  Never
+    # longer than `timeout`.  Waiting for a head costs no worker thread.
+    header_timeout: float = field(default=15.0, metadata={"unit": "seconds", "gt": 0})
+    # Seconds a keep-alive connection may wait for its next request (no worker).
+    idle_timeout: float = field(default=60.0, metadata={"unit": "seconds", "gt": 0})
+    max_threads: int = field(default=1024, metadata={"min": 1})  # requests in flight at once
+    # Open connections in total (also kept below the open-file limit) and per
+    # client address.  At a cap a new connection is still accepted: the oldest
+    # connection waiting for a request (from that address) is closed instead.
+    max_connections: int = field(default=8192, metadata={"min": 1})
+    max_connections_per_address: int = field(default=4096, metadata={"min": 1})
     block_cache: int = field(default=256 << 20, metadata={"unit": "bytes", "min": 0})
     buffer_limit: int = field(default=256 << 20, metadata={"unit": "bytes", "min": 1})
     tree_cache: int = field(default=512 << 20, metadata={"unit": "bytes", "min": 0})

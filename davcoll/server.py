@@ -4,21 +4,20 @@
 their own cheroot instance); ``serve`` runs it until SIGINT/SIGTERM.
 cheroot is tuned per the WsgiDAV notes: many worker threads (in-flight
 requests), long socket timeouts for slow uploads, a deep listen backlog,
-many idle keep-alive connections and a cap on header size.
+many idle keep-alive connections and a cap on header size; davcoll/httpd.py
+(imported only here) keeps idle and slow clients from holding workers.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 
 from . import __version__
@@ -31,6 +30,7 @@ from .dav.locks import LockLimits, install_lock_manager
 from .dav.props import DeadPropertyManager
 from .dav.provider import CollectionProvider
 from .dav.sync import SyncMiddleware
+from .httpd import Limits, Server
 from .metrics import Metrics
 from .session import Backend, SessionConfig, SessionManager
 
@@ -151,94 +151,65 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     return App(wsgi=guard, sessions=sessions, backend=backend, metrics=metrics, config=cfg, lock_store=lock_store)
 
 
-# --- stricter HTTP framing than cheroot's defaults ---------------------------
-# cheroot keeps the last of several Content-Length lines, accepts "+5" and
-# Content-Length together with Transfer-Encoding (body read as chunked), and
-# parses chunk sizes with int(x, 16), so "-5" ends the body early (an empty
-# file was stored for a malformed upload) and "0x", "_" or "+" pass.  Those
-# are request-smuggling and data-integrity hazards (RFC 7230 3.3.2, 3.3.3,
-# 4.1): refuse them.  Header problems raise ValueError inside cheroot's header
-# reader, which answers 400 itself; a bad chunk-size line raises ValueError
-# from wsgi.input, so the upload fails and nothing is stored.
+# --- the HTTP server ----------------------------------------------------------
+# cheroot with davcoll's connection handling (davcoll/httpd.py): strict
+# framing, request heads read without holding a worker, header deadline,
+# growing pool, connection caps (issue 11).
 
 
-class _OneContentLength(dict):
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        if key == b"Content-Length" and key in self:
-            raise ValueError("more than one Content-Length header")
-        super().__setitem__(key, value)
-
-
-class _StrictHeaderReader(cheroot_server.HeaderReader):
-    def __call__(self, rfile, hdict=None):
-        headers = super().__call__(rfile, _OneContentLength())
-        cl = headers.get(b"Content-Length")
-        if cl is not None and not cl.isdigit():
-            raise ValueError("malformed Content-Length header")
-        if cl is not None and b"Transfer-Encoding" in headers:
-            raise ValueError("both Content-Length and Transfer-Encoding")
-        if hdict is None:
-            return dict(headers)
-        hdict.update(headers)
-        return hdict
-
-
-class _StrictRequest(cheroot_server.HTTPRequest):
-    header_reader = _StrictHeaderReader()
-
-
-class _StrictConnection(cheroot_server.HTTPConnection):
-    RequestHandlerClass = _StrictRequest
-
-
-_CHUNK_SIZE_LINE = re.compile(rb"[0-9A-Fa-f]{1,15}(;[^\r\n]*)?\r\n")
-
-
-class _ChunkLines:
-    """The connection's input as cheroot's ChunkedRFile sees it: it reads
-    chunk-size lines with readline(), which must be hex digits (at most
-    15, so a size stays below 2**60) and an optional extension."""
-
-    def __init__(self, rfile) -> None:
-        self._rfile = rfile
-
-    def readline(self, size: int = -1) -> bytes:
-        line = self._rfile.readline()
-        if not _CHUNK_SIZE_LINE.fullmatch(line):
-            raise ValueError("malformed chunk-size line in chunked request body")
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        return self._rfile.read(size)
-
-
-class _Gateway(cheroot_wsgi.Gateway_10):
-    def get_environ(self):
-        req = self.req
-        if req.chunked_read:
-            req.rfile = cheroot_server.ChunkedRFile(_ChunkLines(req.conn.rfile), req.server.max_request_body_size)
-        return super().get_environ()
+def limits_from(cfg: Config) -> Limits:
+    return Limits(
+        header_timeout=float(cfg.header_timeout),
+        idle_timeout=float(cfg.idle_timeout),
+        max_threads=int(cfg.max_threads),
+        max_connections=int(cfg.max_connections),
+        max_connections_per_address=int(cfg.max_connections_per_address),
+    )
 
 
 def make_server(app: App, host: str, port: int, *, threads: int = 64, timeout: int = 300) -> cheroot_wsgi.Server:
-    server = cheroot_wsgi.Server(
+    cfg = app.config
+    limits = limits_from(cfg)
+    # Keep the connection cap below the open-file limit (files, database, pipes need some too).
+    fd_room = open_file_limit() - 256
+    if fd_room > 0 and limits.max_connections > fd_room:
+        limits = replace(limits, max_connections=fd_room)
+    server = Server(
         (host, port),
         app.wsgi,
-        numthreads=threads,
+        threads=threads,
         timeout=timeout,
-        request_queue_size=128,
+        limits=limits,
+        request_queue_size=1024,
         server_name="davcoll",
     )
-    server.keep_alive_conn_limit = 256
     server.max_request_header_size = 64 * 1024
-    server.ConnectionClass = _StrictConnection
-    server.gateway = _Gateway
-    cfg = app.config
     if cfg.tls_cert and cfg.tls_key:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 
         server.ssl_adapter = BuiltinSSLAdapter(cfg.tls_cert, cfg.tls_key)
     return server
+
+
+def open_file_limit() -> int:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_open_file_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every held connection is a descriptor."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError) as e:
+        log.warning("could not raise the open-file limit: %s", e)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -263,6 +234,7 @@ def mount_help(url: str) -> str:
 
 def serve(cfg: Config) -> int:
     configure_logging(cfg.log_level)
+    raise_open_file_limit()
     app = build_app(cfg)
     server = make_server(app, cfg.host, cfg.port, threads=cfg.threads, timeout=cfg.timeout)
     server.prepare()
