@@ -326,3 +326,21 @@ def test_two_processes_on_one_data_dir_share_locks(tmp_path):
             s.stop()
     logs = "".join(s.log_text() for s in servers)
     assert "Traceback" not in logs, logs[-3000:]
+
+
+def test_unreachable_shared_store_is_503_not_500(tmp_path):
+    """Redis down: requests that need the lock table get 503 + Retry-After with a reason."""
+    pytest.importorskip("redis")
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with running_server(tmp_path / "data") as s:
+        assert requests.request("MKCOL", s.u("c/"), timeout=60).status_code == 201
+        assert requests.put(s.u("c/f"), data=b"old", timeout=60).status_code == 201
+    with running_server(tmp_path / "data", shared_state=dead) as s:
+        for method, path, body in (("LOCK", "c/f", None), ("PUT", "c/f", b"x"), ("MKCOL", "d/", None)):
+            if method == "LOCK":
+                r = _lock_req(s.u(path), {})
+            else:
+                r = requests.request(method, s.u(path), data=body, timeout=60)
+            assert r.status_code == 503, (method, r.status_code, r.text)
+            assert "shared state" in r.text and r.headers.get("Retry-After")
+        assert requests.get(s.u("c/f"), timeout=30).content == b"old"  # reads need no lock table

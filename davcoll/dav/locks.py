@@ -24,7 +24,9 @@ the store's ``exclusive()`` section.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
@@ -35,7 +37,9 @@ from wsgidav.dav_error import (
 )
 from wsgidav.lock_man.lock_manager import LockManager, normalize_lock_root
 
+from ..storage.catalog import CatalogError
 from ..storage.locks import LockGone, LockStore
+from .errors import dav_error
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,41 @@ def is_lockable_root(url: str) -> bool:
     return len(parts) >= 2 and parts[0] == "by_id"
 
 
+class _MappedStore:
+    """The store as the lock manager sees it: an unreachable store (Redis
+    down, SQLite busy past its timeout) is a 503 with a reason, not a 500."""
+
+    def __init__(self, store: LockStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return repr(self._store)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        try:
+            with self._store.exclusive():
+                yield
+        except CatalogError as e:
+            raise dav_error(e) from None
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except CatalogError as e:
+                raise dav_error(e) from None
+
+        return call
+
+
 class ScopedLockManager(LockManager):
     def __init__(self, storage: LockStore, limits: LockLimits | None = None) -> None:
-        super().__init__(storage)
+        super().__init__(_MappedStore(storage))
         self.limits = limits or LockLimits()
 
     def capped_timeout(self, timeout: float | None) -> float:

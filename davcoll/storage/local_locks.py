@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .locks import LockGone, LockStore, child_prefix, expire_of, normalize_root
+from .locks import LockGone, LockStore, SharedStateUnavailable, child_prefix, expire_of, map_store_errors, normalize_root
+
+_mapped = map_store_errors(sqlite3.Error)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dav_locks (
@@ -84,7 +86,10 @@ class LocalLockStore(LockStore):
             finally:
                 self._local.depth -= 1
             return
-        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise SharedStateUnavailable(f"lock table: {e}") from e
         self._local.depth = 1
         try:
             yield
@@ -93,7 +98,12 @@ class LocalLockStore(LockStore):
             c.execute("ROLLBACK")
             raise
         self._local.depth = 0
-        c.execute("COMMIT")
+        try:
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise SharedStateUnavailable(f"lock table: {e}") from e
 
     def close(self) -> None:
         with self._all_lock:
@@ -103,16 +113,20 @@ class LocalLockStore(LockStore):
                 c.close()
         self._local = threading.local()
 
+    @_mapped
     def cleanup(self) -> None:
         self._conn().execute("DELETE FROM dav_locks WHERE expire >= 0 AND expire < ?", (time.time(),))
 
+    @_mapped
     def clear(self) -> None:
         self._conn().execute("DELETE FROM dav_locks")
 
+    @_mapped
     def get(self, token: str) -> dict[str, Any] | None:
         r = self._conn().execute(f"{_SELECT} WHERE token=? AND {_LIVE}", (token, time.time())).fetchone()
         return _row(r) if r else None
 
+    @_mapped
     def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
         self._complete(path, lock)
         with self.exclusive():
@@ -123,6 +137,7 @@ class LocalLockStore(LockStore):
             )
         return lock
 
+    @_mapped
     def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
         with self.exclusive():
             lock = self.get(token)
@@ -133,9 +148,11 @@ class LocalLockStore(LockStore):
             self._conn().execute("UPDATE dav_locks SET timeout=?, expire=? WHERE token=?", (lock["timeout"], lock["expire"], token))
         return lock
 
+    @_mapped
     def delete(self, token: str) -> bool:
         return self._conn().execute("DELETE FROM dav_locks WHERE token=?", (token,)).rowcount > 0
 
+    @_mapped
     def get_lock_list(self, path: str, *, include_root: bool, include_children: bool, token_only: bool) -> list:
         root = normalize_root(path)
         now = time.time()
@@ -150,6 +167,7 @@ class LocalLockStore(LockStore):
         locks = [_row(r) for r in rows]
         return [lk["token"] for lk in locks] if token_only else locks
 
+    @_mapped
     def count_for(self, principal: str) -> int:
         r = self._conn().execute(f"SELECT COUNT(*) FROM dav_locks WHERE principal=? AND {_LIVE}", (principal, time.time())).fetchone()
         return int(r[0])

@@ -25,14 +25,42 @@ from __future__ import annotations
 import abc
 import base64
 import contextlib
+import functools
 import json
 import secrets
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+from .catalog import Unavailable
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class LockGone(Exception):
     """The lock does not exist (any more): it expired or was released."""
+
+
+class SharedStateUnavailable(Unavailable):
+    """The lock or dead-property store cannot be reached or is busy.
+
+    A subclass of the catalog's ``Unavailable`` so the one error table maps
+    it to 503 + Retry-After (a Redis outage must not become 500s)."""
+
+
+def map_store_errors(*error_types: type[BaseException]) -> Callable[[F], F]:
+    """Method decorator: the driver's errors become ``SharedStateUnavailable``."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except error_types as e:
+                raise SharedStateUnavailable(f"shared state store: {type(e).__name__}") from e
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def normalize_root(path: str) -> str:

@@ -35,7 +35,20 @@ from typing import Any, Iterator
 
 import redis
 
-from .locks import LockGone, LockStore, child_prefix, expire_of, is_live, lock_from_json, lock_to_json, normalize_root
+from .locks import (
+    LockGone,
+    LockStore,
+    SharedStateUnavailable,
+    child_prefix,
+    expire_of,
+    is_live,
+    lock_from_json,
+    lock_to_json,
+    map_store_errors,
+    normalize_root,
+)
+
+_mapped = map_store_errors(redis.exceptions.RedisError)
 
 MUTEX_TIMEOUT = 30.0  # seconds an instance may hold the critical section
 
@@ -79,8 +92,12 @@ class RedisLockStore(LockStore):
             finally:
                 self._local.depth = depth
             return
-        if not self._mutex.acquire():
-            raise redis.exceptions.LockError("timed out waiting for the shared lock table")
+        try:
+            acquired = self._mutex.acquire()
+        except redis.exceptions.RedisError as e:
+            raise SharedStateUnavailable(f"shared state store: {type(e).__name__}") from e
+        if not acquired:
+            raise SharedStateUnavailable("shared state store: timed out waiting for the lock table")
         self._local.depth = 1
         try:
             yield
@@ -92,6 +109,7 @@ class RedisLockStore(LockStore):
     def close(self) -> None:
         self.r.close()
 
+    @_mapped
     def cleanup(self) -> None:
         now = time.time()
         stale = self.r.zrangebyscore(self._exp, 0, now)
@@ -101,11 +119,13 @@ class RedisLockStore(LockStore):
             p.zrem(self._exp, *stale)
             p.execute()
 
+    @_mapped
     def clear(self) -> None:
         keys = list(self.r.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000))
         if keys:
             self.r.delete(*keys)
 
+    @_mapped
     def get(self, token: str) -> dict[str, Any] | None:
         raw = self.r.get(self._key(token))
         if raw is None:
@@ -126,6 +146,7 @@ class RedisLockStore(LockStore):
         p.zadd(self._exp, {member: score})
         p.zadd(self._pkey(lock["principal"]), {lock["token"]: score})
 
+    @_mapped
     def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
         self._complete(path, lock)
         with self.exclusive():
@@ -135,6 +156,7 @@ class RedisLockStore(LockStore):
             p.execute()
         return lock
 
+    @_mapped
     def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
         with self.exclusive():
             lock = self.get(token)
@@ -147,6 +169,7 @@ class RedisLockStore(LockStore):
             p.execute()
         return lock
 
+    @_mapped
     def delete(self, token: str) -> bool:
         raw = self.r.get(self._key(token))
         if raw is None:
@@ -163,6 +186,7 @@ class RedisLockStore(LockStore):
     def _range(self, lo: str, hi: str) -> list[bytes]:
         return self.r.zrangebylex(self._idx, b"[" + lo.encode("utf-8"), b"(" + hi.encode("utf-8"))
 
+    @_mapped
     def get_lock_list(self, path: str, *, include_root: bool, include_children: bool, token_only: bool) -> list:
         root = normalize_root(path)
         members: list[bytes] = []
@@ -192,6 +216,7 @@ class RedisLockStore(LockStore):
             p.execute()
         return out
 
+    @_mapped
     def count_for(self, principal: str) -> int:
         key = self._pkey(principal)
         p = self.r.pipeline(transaction=True)

@@ -21,7 +21,10 @@ from typing import Any
 
 import redis
 
+from .locks import map_store_errors
 from .props import PropertyStore
+
+_mapped = map_store_errors(redis.exceptions.RedisError)
 
 
 class RedisPropertyStore(PropertyStore):
@@ -36,19 +39,23 @@ class RedisPropertyStore(PropertyStore):
     def _key(self, res_key: str) -> str:
         return f"{self.prefix}D:{res_key}"
 
+    @_mapped
     def names(self, key: str) -> list[str]:
         return sorted(n.decode("utf-8") for n in self.r.hkeys(self._key(key)))
 
+    @_mapped
     def get(self, key: str, name: str) -> bytes | None:
         v = self.r.hget(self._key(key), name)
         return bytes(v) if v is not None else None
 
+    @_mapped
     def set(self, key: str, name: str, value: bytes) -> None:
         p = self.r.pipeline(transaction=True)
         p.hset(self._key(key), name, value)
         p.zadd(self._idx, {key.encode("utf-8"): 0})
         p.execute()
 
+    @_mapped
     def remove(self, key: str, name: str) -> None:
         self.r.hdel(self._key(key), name)
 
@@ -59,6 +66,7 @@ class RedisPropertyStore(PropertyStore):
         below = client.zrangebylex(self._idx, b"[" + lo, b"(" + hi)
         return [k] + [m.decode("utf-8") for m in below]
 
+    @_mapped
     def remove_tree(self, key: str) -> None:
         keys = self._subtree(self.r, key)
         p = self.r.pipeline(transaction=True)
@@ -72,6 +80,7 @@ class RedisPropertyStore(PropertyStore):
     def move_tree(self, src: str, dst: str) -> None:
         self._rekey(src, dst, move=True)
 
+    @_mapped
     def _rekey(self, src: str, dst: str, *, move: bool) -> None:
         s, d = src.rstrip("/"), dst.rstrip("/")
 
