@@ -210,8 +210,12 @@ def test_redis_property_store(redis_url):
         assert b.get("/by_id/w", "{urn:x}a") is None
         b.remove_tree("/by_id/v")
         assert a.names("/by_id/v/e") == [] and a.names("/by_id/v/e/f") == []
-        if hasattr(a, "names_under"):  # the bulk read added to the interface
-            assert "/by_id/u/dx" not in dict(a.names_under("/by_id/w") or {})
+        # Bulk reads (one round trip per folder for PROPFIND).
+        a.set("/by_id/w/f/deeper", "{urn:x}d", b"<d/>")
+        assert b.get_all("/by_id/w/f") == {"{urn:x}b": b"<b>2</b>"}
+        assert b.get_children("/by_id/w", 1 << 20) == {"/by_id/w/f": {"{urn:x}b": b"<b>2</b>"}}
+        assert b.get_children("/by_id/w", 3) is None  # past max_bytes: the caller falls back
+        assert b.get_children("/by_id/nothing", 1 << 20) == {}
     finally:
         a.close()
         b.close()

@@ -27,6 +27,9 @@ from .props import PropertyStore
 _mapped = map_store_errors(redis.exceptions.RedisError)
 
 
+CHILDREN_SCAN = 20_000  # descendants read to find a folder's children in one go
+
+
 class RedisPropertyStore(PropertyStore):
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "davcoll:") -> None:
         if isinstance(url_or_client, str):
@@ -47,6 +50,39 @@ class RedisPropertyStore(PropertyStore):
     def get(self, key: str, name: str) -> bytes | None:
         v = self.r.hget(self._key(key), name)
         return bytes(v) if v is not None else None
+
+    @_mapped
+    def get_all(self, key: str) -> dict[str, bytes]:
+        """Every property of ``key`` in one round trip (``HGETALL``)."""
+        return {n.decode("utf-8"): bytes(v) for n, v in self.r.hgetall(self._key(key)).items()}
+
+    @_mapped
+    def get_children(self, parent: str, max_bytes: int) -> dict[str, dict[str, bytes]] | None:
+        """Properties of the direct children of ``parent`` in two round trips:
+        one index range (descendants, at most ``CHILDREN_SCAN`` of them) and
+        one pipelined ``HGETALL`` per child.  None past either bound."""
+        p = parent.rstrip("/")
+        lo, hi = (p + "/").encode("utf-8"), (p + "0").encode("utf-8")
+        members = self.r.zrangebylex(self._idx, b"[" + lo, b"(" + hi, start=0, num=CHILDREN_SCAN + 1)
+        if len(members) > CHILDREN_SCAN:
+            return None
+        keys = [m.decode("utf-8") for m in members]
+        keys = [k for k in keys if "/" not in k[len(p) + 1:]]
+        if not keys:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(self._key(k))
+        out: dict[str, dict[str, bytes]] = {}
+        total = 0
+        for k, props in zip(keys, pipe.execute()):
+            if not props:
+                continue
+            total += sum(len(n) + len(v) for n, v in props.items())
+            if total > max_bytes:
+                return None
+            out[k] = {n.decode("utf-8"): bytes(v) for n, v in props.items()}
+        return out
 
     @_mapped
     def set(self, key: str, name: str, value: bytes) -> None:
