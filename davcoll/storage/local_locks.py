@@ -57,8 +57,6 @@ class LocalLockStore(LockStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
@@ -72,8 +70,6 @@ class LocalLockStore(LockStore):
             c.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = c
             self._local.depth = 0
-            with self._all_lock:
-                self._all.append(c)
         return c
 
     @contextlib.contextmanager
@@ -106,9 +102,11 @@ class LocalLockStore(LockStore):
             raise SharedStateUnavailable(f"lock table: {e}") from e
 
     def close(self) -> None:
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for c in conns:
+        # Connections are per thread and not tracked (a growing and shrinking
+        # worker pool would leak them): dropping the thread-local object frees
+        # every thread's connection, which closes it.
+        c = getattr(self._local, "conn", None)
+        if c is not None:
             with contextlib.suppress(sqlite3.Error):
                 c.close()
         self._local = threading.local()
