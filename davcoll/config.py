@@ -101,6 +101,9 @@ class Config:
     version_lifetime: float = field(default=14 * 86400.0, metadata={"unit": "seconds", "min": 0})
     versions_kept: int = field(default=1, metadata={"min": 1})
     revalidate_seconds: float = field(default=2.0, metadata={"min": 0})
+    # Serve HTML/SVG/XML/JS files inline (same origin as every user's data);
+    # default: as attachments, like keep-web without TrustAllContent.
+    inline_active_content: bool = False
     propfind_infinity: bool = False
     junk_patterns: list[str] = field(default_factory=lambda: ["._*", ".DS_Store", "Thumbs.db", "desktop.ini", ".localized"])
     junk_max_bytes: int = field(default=64 << 20, metadata={"unit": "bytes", "min": 0})

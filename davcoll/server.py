@@ -23,6 +23,7 @@ from cheroot import wsgi as cheroot_wsgi
 from . import __version__
 from .config import Config
 from .dav.auth import TokenAuthenticator
+from .dav.browser import DirectoryListing, SecurityHeaders
 from .dav.errors import DomainErrors
 from .dav.guard import RequestGuard
 from .dav.junk import JunkPolicy, JunkStore
@@ -96,7 +97,6 @@ def anonymous_policy(cfg: Config, backend: Backend) -> Callable[[], str] | str:
 
 def build_app(cfg: Config, backend: Backend | None = None) -> App:
     from wsgidav.error_printer import ErrorPrinter
-    from wsgidav.dir_browser import WsgiDavDirBrowser
     from wsgidav.request_resolver import RequestResolver
     from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -116,7 +116,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     )
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, DomainErrors, TokenAuthenticator, SyncMiddleware, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [SecurityHeaders, ErrorPrinter, DomainErrors, TokenAuthenticator, SyncMiddleware, DirectoryListing, RequestResolver],
         "lock_storage": False,  # install_lock_manager below (scoped, shared)
         "property_manager": None,
         "block_size": BLOCK_SIZE,
@@ -126,8 +126,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
         "dir_browser": {
             "enable": True,
             "ignore": list(cfg.junk_patterns),
-            "show_user": False,
             "davmount": True,
+            "inline_active_content": cfg.inline_active_content,
             "response_trailer": f"davcoll {__version__}",
         },
         "add_header_MS_Author_Via": True,

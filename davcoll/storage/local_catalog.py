@@ -129,6 +129,7 @@ from .catalog import (
     Unavailable,
     UpdateResult,
 )
+from .pdh_indexer import PdhIndexer
 from .replace_files import CURRENT, DELETE, MANIFEST_TEXT, ReplaceOp, lookup, plan_replace_files
 from .signatures import strip_manifest_signatures
 
@@ -929,6 +930,7 @@ class LocalCatalog(Catalog):
         owner_uuid: str = "",
         cheap_pdh_chars: int = 32 * 1024,
         synchronous: str = "FULL",
+        pdh_pass_interval: float = 1.0,
     ):
         if not _CLUSTER_RE.fullmatch(cluster_id):
             raise ValueError(f"cluster_id must be 5 characters [a-z0-9], got {cluster_id!r}")
@@ -941,6 +943,7 @@ class LocalCatalog(Catalog):
         self.cheap_pdh_chars = cheap_pdh_chars
         self._conns = ThreadConnections(self.path, synchronous.upper())
         self._init_schema()
+        self._pdh_indexer = PdhIndexer(self.index_pdhs, min_interval=pdh_pass_interval)
 
     def _init_schema(self) -> None:
         """Create or upgrade the schema; one IMMEDIATE transaction, so two
@@ -957,6 +960,7 @@ class LocalCatalog(Catalog):
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
+        self._pdh_indexer.close()
         self._conns.close()
 
     # -- transactions ------------------------------------------------------
@@ -1073,13 +1077,52 @@ class LocalCatalog(Catalog):
         return _record(row, pdh=pdh, manifest_text=text), computed
 
     def _get_by_pdh(self, pdh: str, *, with_manifest: bool) -> CollectionRecord:
+        """One indexed read; a miss is NotFound at once (issue 11 §4).
+
+        A PDH is known once computed: when the version's manifest was read
+        (``get`` with the manifest), when an update computed it, or by the
+        background pass a miss starts (``index_pdhs``).  So a lookup of the
+        PDH of a collection changed moments ago and never read since may
+        answer 404 until that pass has run (about ``pdh_pass_interval``
+        seconds later); no lookup ever takes the write lock or renders a
+        collection."""
         found = self._find_pdh(pdh)
         if found is None:
-            self._backfill_pdhs()
-            found = self._find_pdh(pdh)
-        if found is None:
+            self._pdh_indexer.nudge()
             raise NotFound(f"no collection with portable data hash {pdh}")
         return self.get_version(found[0], found[1], with_manifest=with_manifest)
+
+    def index_pdhs(self) -> int:
+        """Compute the missing PDHs of current versions; return how many.
+
+        Each collection is rendered in its own read transaction (a WAL
+        snapshot: commits proceed meanwhile) and its PDH and rendered lines
+        are stored by ``_remember``'s short, bounded write, which keeps them
+        only for the version they were computed from.  The background
+        indexer runs this after lookup misses; tools and tests may call it
+        directly.
+        """
+        sql = (
+            "SELECT c.uuid, c.id FROM collections c"
+            " JOIN versions v ON v.uuid = c.uuid AND v.version = c.version"
+            " WHERE c.is_trashed = 0 AND v.pdh IS NULL"
+        )
+        with self._read() as conn:
+            todo = conn.execute(sql).fetchall()
+        done = 0
+        for uuid, cid in todo:
+            with self._read() as conn:
+                row = conn.execute("SELECT version FROM collections WHERE id = ?", (cid,)).fetchone()
+                if row is None or self._cached_pdh(conn, uuid, row[0]) is not None:
+                    continue
+                text, rendered = _assemble_current(conn, cid)
+            self._remember(_Computed(uuid, cid, row[0], portable_data_hash(text), rendered))
+            done += 1
+        return done
+
+    def wait_pdh_index(self, timeout: float | None = None) -> bool:
+        """Wait for the background PDH pass that earlier misses started."""
+        return self._pdh_indexer.wait_idle(timeout)
 
     def _find_pdh(self, pdh: str, conn: sqlite3.Connection | None = None) -> tuple[str, int] | None:
         """(uuid, version) of a live collection version with this PDH,
@@ -1095,7 +1138,9 @@ class LocalCatalog(Catalog):
             return c.execute(sql, (pdh,)).fetchone()
 
     def _backfill_pdhs(self, conn: sqlite3.Connection | None = None) -> None:
-        """Compute the missing PDHs of current versions (a PDH lookup miss).
+        """Compute the missing PDHs of current versions, under the caller's
+        write lock (only a ``replace_files`` with a PDH source that missed:
+        a writer's own request; reads use ``index_pdhs`` instead).
 
         Costs a manifest assembly per collection whose PDH was never needed,
         once: the result is cached, and so are the lines it rendered (the
