@@ -101,10 +101,12 @@ class Config:
     version_lifetime: float = field(default=14 * 86400.0, metadata={"unit": "seconds", "min": 0})
     versions_kept: int = field(default=1, metadata={"min": 1})
     revalidate_seconds: float = field(default=2.0, metadata={"min": 0})
+    # PROPFIND Depth: infinity (or no Depth) on a folder is answered, streamed,
+    # when the subtree has at most this many entries; 0 refuses it everywhere.
+    propfind_infinity_max_entries: int = field(default=10_000, metadata={"min": 0})
     # Serve HTML/SVG/XML/JS files inline (same origin as every user's data);
     # default: as attachments, like keep-web without TrustAllContent.
     inline_active_content: bool = False
-    propfind_infinity: bool = False
     junk_patterns: list[str] = field(default_factory=lambda: ["._*", ".DS_Store", "Thumbs.db", "desktop.ini", ".localized"])
     junk_max_bytes: int = field(default=64 << 20, metadata={"unit": "bytes", "min": 0})
     tls_cert: str = ""
@@ -206,6 +208,8 @@ def _hint(word: str, options: Any) -> str:
 
 
 def _set(cfg: Config, key: str, value: Any, label: str) -> None:
+    if key in _REPLACED:
+        raise ConfigError(f"{label}: replaced by {_REPLACED[key]}")
     spec = _specs().get(key)
     if spec is None:
         raise ConfigError(f"{label}: unknown setting{_hint(key, _specs())}")
@@ -299,6 +303,13 @@ def _describe(typ: Any) -> str:
     names = {bool: "true or false (unquoted)", int: "an integer", float: "a number", str: "a string",
              type(None): "absent"}
     return names.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+# Keys that were replaced: a config file still naming one gets told which.
+_REPLACED = {
+    "propfind_infinity": "propfind_infinity_max_entries (folders up to that many entries answer "
+                         "Depth: infinity; 0 refuses it)",
+}
 
 
 def _validate(cfg: Config) -> None:

@@ -112,7 +112,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     provider = CollectionProvider(
         junk=JunkStore(JunkPolicy(cfg.junk_patterns), max_bytes=cfg.junk_max_bytes),
         prop_manager=DeadPropertyManager(props_store) if props_store is not None else None,
-        propfind_infinity=cfg.propfind_infinity,
+        propfind_max_entries=cfg.propfind_infinity_max_entries,
     )
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
@@ -147,7 +147,7 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "backend": cfg.backend}
 
-    guard = RequestGuard(dav_app, metrics=metrics, health=health, propfind_infinity=cfg.propfind_infinity)
+    guard = RequestGuard(dav_app, metrics=metrics, health=health)
     return App(wsgi=guard, sessions=sessions, backend=backend, metrics=metrics, config=cfg, lock_store=lock_store)
 
 

@@ -484,10 +484,15 @@ def test_s22_propfind_depths(env, coll):
     assert list(ms) == [f"/{coll}/"]
     ms = multistatus(env.c.propfind(f"{coll}/d/f", "0"))
     assert list(ms) == [f"/{coll}/d/f"]
-    # Depth: infinity (and no Depth, which means infinity) is refused per
-    # RFC 4918 9.1 (davcoll's default configuration)
+    # Depth: infinity (and no Depth, which means infinity) is answered on a
+    # folder below the entry cap and on a file (where it means Depth 0); the
+    # server root is never walked (RFC 4918 9.1 propfind-finite-depth)
     for headers in ({"Depth": "infinity"}, {}):
-        r = env.c.req("PROPFIND", f"{coll}/", headers=headers)
+        ms = multistatus(env.c.req("PROPFIND", f"{coll}/", headers=headers))
+        assert sorted(ms) == [f"/{coll}/", f"/{coll}/d/", f"/{coll}/d/f"]
+        ms = multistatus(env.c.req("PROPFIND", f"{coll}/d/f", headers=headers))
+        assert list(ms) == [f"/{coll}/d/f"]
+        r = env.c.req("PROPFIND", "", headers=headers)
         assert r.status_code == 403
         err = ET.fromstring(r.content)
         assert err.tag == f"{D}error" and err.find(f"{D}propfind-finite-depth") is not None

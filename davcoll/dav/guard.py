@@ -111,12 +111,10 @@ class CountingInput:
 class RequestGuard:
     """See module docstring.  ``app`` is the WsgiDAV application."""
 
-    def __init__(self, app: Callable, *, metrics: Any = None, health: Callable[[], dict] | None = None,
-                 propfind_infinity: bool = False) -> None:
+    def __init__(self, app: Callable, *, metrics: Any = None, health: Callable[[], dict] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.health = health or (lambda: {"status": "ok"})
-        self.propfind_infinity = propfind_infinity
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         t0 = time.monotonic()
@@ -130,6 +128,10 @@ class RequestGuard:
         def sr(status: str, headers: list, exc_info=None):
             result["status"] = int(status.split(" ", 1)[0])
             headers = list(headers)
+            if environ.get("davcoll.chunked_keep_alive"):
+                # A streamed PROPFIND ends by its chunked framing; WsgiDAV
+                # closes every response without Content-Length.
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"]
             self._protect_connection(environ, inp, headers)
             return start_response(status, headers, exc_info)
 
@@ -163,13 +165,6 @@ class RequestGuard:
         problem = self._check(environ, method, raw_path)
         if problem is not None:
             status, reason, extra = problem
-            if status == 403 and extra == "propfind":
-                body = (
-                    b'<?xml version="1.0" encoding="utf-8"?>\n'
-                    b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
-                )
-                sr("403 Forbidden", [("Content-Type", "application/xml; charset=utf-8"), ("Content-Length", str(len(body)))])
-                return [body]
             return _plain(sr, status, reason)
         return self.app(environ, sr)
 
@@ -200,12 +195,15 @@ class RequestGuard:
                 return 400, "malformed Destination header", ""
             if not dpath.startswith("/") or any(s in (".", "..") for s in dpath.split("/")) or "\x00" in dpath:
                 return 400, "malformed Destination header", ""
+        if method == "PROPPATCH":
+            # RFC 4918 defines no Depth for PROPPATCH; webdavclient3 sends
+            # "Depth: 1", which WsgiDAV refuses.  Ignore it, as Apache does.
+            environ.pop("HTTP_DEPTH", None)
         depth = environ.get("HTTP_DEPTH")
         if depth is not None and depth.strip().lower() not in ("0", "1", "infinity"):
             return 400, "invalid Depth header", ""
-        if method == "PROPFIND" and not self.propfind_infinity:
-            if depth is None or depth.strip().lower() == "infinity":
-                return 403, "PROPFIND with Depth: infinity is disabled", "propfind"
+        # Depth: infinity on PROPFIND is decided by dav/propfind.py (it needs
+        # to know whether the target is a folder and how big it is).
         rng = environ.get("HTTP_RANGE")
         if rng is not None:
             kind = classify_range(rng)

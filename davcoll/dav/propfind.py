@@ -83,7 +83,11 @@ def handle_propfind(provider: "CollectionProvider", environ: dict, start_respons
         _check_infinity(provider, res)
     environ["HTTP_DEPTH"] = depth
     headers = [("Content-Type", "application/xml; charset=utf-8"), ("Date", util.get_rfc1123_time())]
-    headers.extend(_connection_header(environ))
+    # WsgiDAV closes any response without Content-Length (and warns unless
+    # it already says close); the guard drops that header again when the
+    # chunked framing lets the connection live (see _chunked_keep_alive).
+    headers.append(("Connection", "close"))
+    environ["davcoll.chunked_keep_alive"] = _chunked_keep_alive(environ)
     start_response("207 Multi-Status", headers)
     return _stream(provider, res, depth, mode, names, include)
 
@@ -127,18 +131,15 @@ def parse_propfind_body(environ: dict) -> tuple[str, list[str], list[str]]:
     return mode, names, include
 
 
-def _connection_header(environ: dict) -> list[tuple[str, str]]:
-    """Keep-alive on HTTP/1.1 (chunked framing ends the body).
+def _chunked_keep_alive(environ: dict) -> bool:
+    """Whether cheroot will frame the body chunked on a kept-alive connection.
 
-    WsgiDAV adds ``Connection: close`` to any response without
-    Content-Length unless a Connection header is present; on HTTP/1.1 the
-    chunked framing makes that unnecessary.  On HTTP/1.0 (no chunking) or
-    when the client asked to close, closing is the only way to end the body.
+    On HTTP/1.1 the chunked framing ends the body, so the connection can
+    serve the next request; on HTTP/1.0 (no chunking) or when the client
+    asked to close, closing is the only way to end the body.
     """
     wants_close = "close" in environ.get("HTTP_CONNECTION", "").lower()
-    if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.1" and not wants_close:
-        return [("Connection", "keep-alive")]
-    return [("Connection", "close")]
+    return environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.1" and not wants_close
 
 
 # ---------------------------------------------------------------------- depth
