@@ -109,6 +109,13 @@ class Config:
     inline_active_content: bool = False
     junk_patterns: list[str] = field(default_factory=lambda: ["._*", ".DS_Store", "Thumbs.db", "desktop.ini", ".localized"])
     junk_max_bytes: int = field(default=64 << 20, metadata={"unit": "bytes", "min": 0})
+    # Dead properties (PROPPATCH): per resource, and bytes of one value's XML;
+    # past either the PROPPATCH gets 507 with the reason and changes nothing.
+    max_dead_props: int = field(default=1000, metadata={"min": 1})
+    max_prop_bytes: int = field(default=64 << 10, metadata={"unit": "bytes", "min": 1})
+    # Finder/Windows metadata files kept in memory at most (besides junk_max_bytes,
+    # which counts names and a per-file overhead too).
+    junk_max_entries: int = field(default=100_000, metadata={"min": 1})
     tls_cert: str = ""
     tls_key: str = ""
     arvados_api_host: str = ""

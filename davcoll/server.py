@@ -28,7 +28,7 @@ from .dav.errors import DomainErrors
 from .dav.guard import RequestGuard
 from .dav.junk import JunkPolicy, JunkStore
 from .dav.locks import LockLimits, install_lock_manager
-from .dav.props import DeadPropertyManager
+from .dav.props import DeadPropertyLimits, DeadPropertyManager
 from .dav.provider import CollectionProvider
 from .dav.sync import SyncMiddleware
 from .httpd import Limits, Server
@@ -110,8 +110,9 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
     metrics = Metrics(cache_stats=backend.cache_stats, buffered=lambda: sessions.budget.used)
     props_store = getattr(backend, "props", None)
     provider = CollectionProvider(
-        junk=JunkStore(JunkPolicy(cfg.junk_patterns), max_bytes=cfg.junk_max_bytes),
-        prop_manager=DeadPropertyManager(props_store) if props_store is not None else None,
+        junk=JunkStore(JunkPolicy(cfg.junk_patterns), max_bytes=cfg.junk_max_bytes, max_entries=cfg.junk_max_entries),
+        prop_manager=(DeadPropertyManager(props_store, DeadPropertyLimits(cfg.max_dead_props, cfg.max_prop_bytes))
+                      if props_store is not None else None),
         propfind_max_entries=cfg.propfind_infinity_max_entries,
     )
     dav_config: dict[str, Any] = {

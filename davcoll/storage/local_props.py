@@ -3,6 +3,9 @@
 One table keyed by (resource key, property name).  Subtree operations use a
 range on the key: descendants of ``k`` are keys in ``[k + "/", k + "0")``
 ("0" is the character after "/"), which an index answers without a scan.
+The ``parent`` column (``parent_key(res_key)``, indexed) lets a folder
+listing read its children's properties in one query without touching
+deeper levels; databases from before it are filled in on open.
 Each connection is used by one thread only (``threading.local``).
 """
 
@@ -12,24 +15,27 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .props import PropertyStore
+from .props import PropertyStore, parent_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_props (
     res_key TEXT NOT NULL,
     name TEXT NOT NULL,
     value BLOB NOT NULL,
+    parent TEXT,
     PRIMARY KEY (res_key, name)
 ) WITHOUT ROWID;
 """
+_PARENT_INDEX = "CREATE INDEX IF NOT EXISTS dead_props_parent ON dead_props(parent)"
 
 
 class LocalPropertyStore(PropertyStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
         self._local = threading.local()
-        with self._conn() as c:
-            c.executescript(_SCHEMA)
+        c = self._conn()
+        c.executescript(_SCHEMA)
+        self._add_parent_column(c)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -40,6 +46,22 @@ class LocalPropertyStore(PropertyStore):
             self._local.conn = c
         return c
 
+    @staticmethod
+    def _add_parent_column(c: sqlite3.Connection) -> None:
+        """Upgrade a database made before the ``parent`` column (idempotent)."""
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            cols = {r[1] for r in c.execute("PRAGMA table_info(dead_props)")}
+            if "parent" not in cols:
+                c.execute("ALTER TABLE dead_props ADD COLUMN parent TEXT")
+            c.create_function("davcoll_parent_key", 1, parent_key, deterministic=True)
+            c.execute("UPDATE dead_props SET parent = davcoll_parent_key(res_key) WHERE parent IS NULL")
+            c.execute(_PARENT_INDEX)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
     def names(self, key: str) -> list[str]:
         rows = self._conn().execute("SELECT name FROM dead_props WHERE res_key=? ORDER BY name", (key,))
         return [r[0] for r in rows]
@@ -48,11 +70,26 @@ class LocalPropertyStore(PropertyStore):
         row = self._conn().execute("SELECT value FROM dead_props WHERE res_key=? AND name=?", (key, name)).fetchone()
         return bytes(row[0]) if row else None
 
+    def get_all(self, key: str) -> dict[str, bytes]:
+        rows = self._conn().execute("SELECT name, value FROM dead_props WHERE res_key=?", (key,))
+        return {n: bytes(v) for n, v in rows}
+
+    def get_children(self, parent: str, max_bytes: int) -> dict[str, dict[str, bytes]] | None:
+        rows = self._conn().execute("SELECT res_key, name, value FROM dead_props WHERE parent=?", (parent,))
+        out: dict[str, dict[str, bytes]] = {}
+        size = 0
+        for k, n, v in rows:
+            size += len(k) + len(n) + len(v)
+            if size > max_bytes:
+                return None
+            out.setdefault(k, {})[n] = bytes(v)
+        return out
+
     def set(self, key: str, name: str, value: bytes) -> None:
         self._conn().execute(
-            "INSERT INTO dead_props(res_key, name, value) VALUES(?,?,?) "
+            "INSERT INTO dead_props(res_key, name, value, parent) VALUES(?,?,?,?) "
             "ON CONFLICT(res_key, name) DO UPDATE SET value=excluded.value",
-            (key, name, value),
+            (key, name, value, parent_key(key)),
         )
 
     def remove(self, key: str, name: str) -> None:
@@ -83,8 +120,8 @@ class LocalPropertyStore(PropertyStore):
             if move:
                 c.execute(f"DELETE FROM dead_props WHERE {where}", args)
             c.executemany(
-                "INSERT OR REPLACE INTO dead_props(res_key, name, value) VALUES(?,?,?)",
-                [(d + k[len(s):], n, v) for k, n, v in rows],
+                "INSERT OR REPLACE INTO dead_props(res_key, name, value, parent) VALUES(?,?,?,?)",
+                [(d + k[len(s):], n, v, parent_key(d + k[len(s):])) for k, n, v in rows],
             )
             c.execute("COMMIT")
         except BaseException:
