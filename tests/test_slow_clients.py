@@ -203,21 +203,33 @@ def test_per_address_cap_closes_the_oldest_idle_connection(tmp_path):
             assert not any(newest)
 
 
-def test_stalled_bodies_time_out_and_free_their_workers(tmp_path):
-    """A body that stops is cut after the idle timeout (``timeout``)."""
+@contextlib.contextmanager
+def own_server(data_dir, *, threads: int = 4, timeout: int = 30, **overrides) -> Iterator[int]:
+    """A server built here (running_server fixes timeout=30 and speaks plain HTTP only); yields its port."""
+    import threading
+
     from davcoll.config import load_config
     from davcoll.server import build_app, make_server
-    import threading
     from server_util import free_port
 
     port = free_port()
-    cfg = load_config(None, data_dir=str(tmp_path / "d"), listen=f"127.0.0.1:{port}", anonymous="write")
+    cfg = load_config(None, data_dir=str(data_dir), listen=f"127.0.0.1:{port}", anonymous="write", **overrides)
     app = build_app(cfg)
-    server = make_server(app, "127.0.0.1", port, threads=4, timeout=1)
+    server = make_server(app, "127.0.0.1", port, threads=threads, timeout=timeout)
     server.prepare()
     t = threading.Thread(target=server.serve, daemon=True)
     t.start()
     try:
+        yield port
+    finally:
+        server.stop()
+        t.join(timeout=10)
+        app.close()
+
+
+def test_stalled_bodies_time_out_and_free_their_workers(tmp_path):
+    """A body that stops is cut after the idle timeout (``timeout``)."""
+    with own_server(tmp_path / "d", threads=4, timeout=1) as port:
         assert _mkcol(port, "/c/") == 201
         with attack(port, stalled=10) as a:
             status, elapsed = fresh_request(port)
@@ -227,10 +239,6 @@ def test_stalled_bodies_time_out_and_free_their_workers(tmp_path):
                 assert closed
         status, _ = fresh_request(port, "/c/stalled-0.bin")
         assert status == 404  # nothing stored for a body that never arrived
-    finally:
-        server.stop()
-        t.join(timeout=10)
-        app.close()
 
 
 def test_many_connections_waiting_cost_no_worker(tmp_path):
@@ -249,3 +257,29 @@ def test_many_connections_waiting_cost_no_worker(tmp_path):
         finally:
             for s in socks:
                 s.close()
+
+
+def test_tls_handshakes_do_not_block_the_server(tmp_path):
+    """cheroot ran the TLS handshake in its only accepting thread, blocking
+    for up to ``timeout``: one silent TLS client stopped every other one.
+    Handshakes now run in the selector without blocking."""
+    import ssl
+
+    from davcoll.testing.fake_arvados import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "tls")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with own_server(tmp_path / "d", tls_cert=cert, tls_key=key, header_timeout=1.0) as port:
+        with attack(port, silent=50) as a:
+            a.silent[0].sendall(b"\x16\x03\x01\x02\x00\x01")  # half a ClientHello
+            for _ in range(2):
+                t0 = time.monotonic()
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                    with ctx.wrap_socket(raw) as s:
+                        s.sendall(b"GET /_health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                        assert _status_of(s, 10) == 200
+                assert time.monotonic() - t0 < FRESH_BOUND
+            # silent TLS clients are cut at the header deadline like plain ones
+            assert _closed_by_server(a.silent[1], 10)[0]
