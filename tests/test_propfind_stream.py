@@ -184,6 +184,20 @@ def test_large_listing_is_chunked_and_the_connection_stays_usable(srv):
         conn.close()
 
 
+def test_small_reply_keeps_its_content_length(srv, coll):
+    put(srv, f"{coll}/f", b"abc")
+    u = urlparse(srv.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request("PROPFIND", f"/{coll}/", headers={"Depth": "1"})
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 207 and r.getheader("Transfer-Encoding") is None
+        assert int(r.getheader("Content-Length")) == len(body) and len(ET.fromstring(body)) == 2
+    finally:
+        conn.close()
+
+
 def test_http_1_0_client_gets_the_body_up_to_close(srv):
     name = big_collection(srv, 200)
     u = urlparse(srv.url)

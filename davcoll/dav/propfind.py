@@ -7,8 +7,9 @@ semantics (it parses the same request body, evaluates the If headers with
 WsgiDAV's own code, asks each resource ``get_properties(mode, name_list)``
 and builds each ``<response>`` with ``util.add_property_response``) but
 creates members lazily and serializes one ``<response>`` at a time, so memory
-per request stays bounded whatever the folder size.  The body goes out
-without Content-Length, which cheroot sends chunked on HTTP/1.1.
+per request stays bounded whatever the folder size.  A reply larger than
+FLUSH_BYTES goes out without Content-Length, which cheroot sends chunked on
+HTTP/1.1; smaller ones keep their Content-Length.
 
 Depth (RFC 4918 9.1): a missing Depth means infinity.  On a file every Depth
 is Depth 0.  On a folder infinity is answered when the subtree holds at most
@@ -82,14 +83,38 @@ def handle_propfind(provider: "CollectionProvider", environ: dict, start_respons
     elif depth == "infinity":
         _check_infinity(provider, res)
     environ["HTTP_DEPTH"] = depth
+    return _respond(environ, start_response, _stream(res, depth, mode, names, include))
+
+
+def _respond(environ: dict, start_response: Callable, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """A small multistatus goes out whole with Content-Length; a large one streams.
+
+    ``start_response`` is called lazily (WsgiDAV's ErrorPrinter sends the
+    status only with the first body piece), so the first FLUSH_BYTES decide:
+    a listing that fits is answered like WsgiDAV did, a larger one has no
+    Content-Length and cheroot frames it chunked.
+    """
     headers = [("Content-Type", "application/xml; charset=utf-8"), ("Date", util.get_rfc1123_time())]
+    first: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        first.append(piece)
+        size += len(piece)
+        if size >= FLUSH_BYTES:
+            break
+    else:
+        body = b"".join(first)
+        start_response("207 Multi-Status", headers + [("Content-Length", str(len(body)))])
+        yield body
+        return
     # WsgiDAV closes any response without Content-Length (and warns unless
     # it already says close); the guard drops that header again when the
     # chunked framing lets the connection live (see _chunked_keep_alive).
     headers.append(("Connection", "close"))
     environ["davcoll.chunked_keep_alive"] = _chunked_keep_alive(environ)
     start_response("207 Multi-Status", headers)
-    return _stream(provider, res, depth, mode, names, include)
+    yield b"".join(first)
+    yield from pieces
 
 
 def parse_propfind_body(environ: dict) -> tuple[str, list[str], list[str]]:
@@ -221,8 +246,7 @@ def _members(res: Any) -> Iterator[Any]:
 # ---------------------------------------------------------------------- body
 
 
-def _stream(provider: "CollectionProvider", res: Any, depth: str, mode: str, names: list[str],
-            include: list[str]) -> Iterator[bytes]:
+def _stream(res: Any, depth: str, mode: str, names: list[str], include: list[str]) -> Iterator[bytes]:
     yield _HEAD
     buf: list[bytes] = []
     size = 0
