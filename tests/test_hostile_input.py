@@ -229,9 +229,9 @@ row("xml-wrong-root-PROPPATCH", req("PROPPATCH", "/c/base.txt", [], ALLPROP), 40
 row("xml-empty-PROPPATCH", req("PROPPATCH", "/c/base.txt", [("Content-Length", "0")], b""), 400)
 row("xml-text-only", req("PROPFIND", "/c/base.txt", [("Depth", "0")], b"just text"), 400)
 row("xml-two-roots", req("PROPFIND", "/c/base.txt", [("Depth", "0")], ALLPROP + ALLPROP[21:]), 400)
-row("xml-deep-nesting", req("PROPFIND", "/c/base.txt", [("Depth", "0")], DEEP), {400, 207},
-    "50,000 nested unknown elements: either refused as malformed or ignored (unknown elements inside "
-    "propfind are ignored per RFC 4918); never a crash")
+row("xml-deep-nesting", req("PROPFIND", "/c/base.txt", [("Depth", "0")], DEEP), {400, 413, 207},
+    "50,000 nested unknown elements: refused (413: deeper than the guard's limit), or ignored (unknown "
+    "elements inside propfind are ignored per RFC 4918); never a crash")
 row("xml-oversized-content-length", lambda port: [req("PROPFIND", "/c/base.txt", [("Depth", "0")], BIG_XML)], 413)
 row("xml-oversized-chunked", lambda port: [req("PROPFIND", "/c/base.txt", [("Depth", "0"), ("Transfer-Encoding", "chunked")],
                                                 chunked(*[BIG_XML[i:i + 65536] for i in range(0, len(BIG_XML), 65536)]), cl=False)], 413)
@@ -246,6 +246,26 @@ row("xml-proppatch-live-prop", req("PROPPATCH", "/c/base.txt", [],
                                    b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><D:getetag>x</D:getetag>'
                                    b"</D:prop></D:set></D:propertyupdate>"), 207,
     "multistatus with 403 for the protected live property (RFC 4918 9.2); nothing changes")
+# XML shape and dead-property limits (issue 11 section 4) -----------------------
+row("xml-40k-namespace-decls", req("PROPPATCH", "/c/base.txt", [], PROPPATCH_OK.replace(
+    b'xmlns:Z="urn:z"', b'xmlns:Z="urn:z" ' + b" ".join(b'xmlns:n%d="urn:x%d"' % (i, i) for i in range(40000)))), 413,
+    "namespace declarations are capped (lxml copies each in-scope one into every stored property)")
+row("xml-150-default-namespaces", req("PROPFIND", "/c/base.txt", [("Depth", "0")],
+    b'<D:propfind xmlns:D="DAV:"><D:prop>' + b"".join(b'<p xmlns="urn:%d"/>' % i for i in range(150))
+    + b"</D:prop></D:propfind>"), 413)
+row("xml-20k-elements", req("PROPFIND", "/c/base.txt", [("Depth", "0")],
+    b'<D:propfind xmlns:D="DAV:"><D:prop>' + b"<D:x/>" * 20000 + b"</D:prop></D:propfind>"), 413)
+row("xml-100-deep", req("PROPPATCH", "/c/base.txt", [], PROPPATCH_OK.replace(b"<Z:p>v</Z:p>", b"<Z:p>" + b"<a>" * 100
+    + b"</a>" * 100 + b"</Z:p>")), 413)
+row("deadprops-1001-in-one-PROPPATCH", req("PROPPATCH", "/c/base.txt", [], PROPPATCH_OK.replace(
+    b"<Z:p>v</Z:p>", b"".join(b"<Z:p%d>v</Z:p%d>" % (i, i) for i in range(1001)))), 207,
+    "multistatus: 507 Insufficient Storage (RFC 4918 9.2.1) past 1000 properties, 424 for the rest; nothing stored")
+row("deadprops-value-too-big", req("PROPPATCH", "/c/base.txt", [], PROPPATCH_OK.replace(b">v<", b">" + b"v" * 70000 + b"<")),
+    207, "multistatus: 507 for a value over 64 KiB; nothing stored")
+row("method-made-up", req("BREWCOFFEE", "/c/base.txt"), {400, 405, 501},
+    "counted as method 'other' in /_metrics: made-up methods add no series")
+row("path-log-injection", req("GET", "/x%0A2026-01-01%2000:00:00,000%20INFO%20davcoll.access:%20DELETE%20/c/%20204"),
+    404, "the access log escapes the newline (one line per request)")
 
 # Paths ------------------------------------------------------------------------
 row("path-latin1-E4-GET", req("GET", "/c/%E4"), 400)
