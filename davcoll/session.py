@@ -28,7 +28,9 @@ from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flushe
 from .collection.names import find_spelling
 from .manifest import is_portable_data_hash
 from .storage.blocks import BlockStore
-from .storage.catalog import Catalog, CatalogError, CollectionRecord, NotFound, revision_key
+from .storage.resigning import ResigningStore
+from .storage.catalog import (Catalog, CatalogError, CatalogUpdate, CollectionRecord, NotFound, PartiallyApplied,
+                              UpdateResult, revision_key)
 
 log = logging.getLogger("davcoll.session")
 
@@ -63,8 +65,16 @@ class Backend(abc.ABC):
     #: Whether trees may be shared by every caller (single-tenant catalog).
     shared_trees = False
     #: Reload a cached tree after this many seconds even if unchanged (None:
-    #: never).  Arvados trees carry block signatures that eventually expire.
+    #: never).  Backends with block signatures also reload before half of
+    #: ``signature_ttl()`` has passed.
     max_tree_age: float | None = None
+    #: Whether a token's access to a PDH snapshot is re-checked at every
+    #: revalidation (multi-tenant catalogs: access can be revoked).
+    pdh_access_checks = False
+
+    def signature_ttl(self) -> float | None:
+        """Seconds a block signature stays valid (None: blocks are not signed)."""
+        return None
 
     @abc.abstractmethod
     def authenticate(self, token: str | None) -> Principal | None:
@@ -271,19 +281,29 @@ class Session:
         cached = self.manager.trees.get(key)
         pdh = is_portable_data_hash(ident)
         now = time.monotonic()
-        max_age = self.manager.backend.max_tree_age
+        backend = self.manager.backend
+        max_age = backend.max_tree_age
+        ttl = backend.signature_ttl()
+        if ttl is not None:
+            # Reload while the tree's signatures have half their life left,
+            # so whatever a request reads from it is still accepted by Keep.
+            max_age = ttl / 2 if max_age is None else min(max_age, ttl / 2)
         if cached is not None and (cached[0].invalid or (max_age is not None and now - cached[0].loaded_at > max_age)):
             cached = None  # reload (for max_age: fresh block signatures)
         if cached is not None:
             tree, validated = cached
-            if pdh:
-                return tree  # content-addressed: never changes
+            if pdh and not backend.pdh_access_checks:
+                return tree  # content-addressed and single-tenant: never changes
             due = no_cache or now - validated >= self.manager.config.revalidate_seconds
             if not due:
                 return tree
-            if not tree.stale:
-                rev = self.catalog.revision(ident)
-                if rev == tree.record.get("_revision"):
+            if pdh or not tree.stale:
+                try:
+                    rev = self.catalog.revision(ident)  # for a PDH: the access check
+                except NotFound:
+                    self.manager.trees.drop(key)  # gone, or no longer readable by this token
+                    raise
+                if pdh or rev == tree.record.get("_revision"):
                     self.manager.trees.touch(key, now)
                     return tree
         return self._reload(key, ident, now)
@@ -323,9 +343,15 @@ class Session:
         m = self.manager
         record = record_dict(rec)
         record["_revision"] = revision_key(rec)
-        return CollectionTree(
+        store: BlockStore = self.store
+        resigning = None
+        if m.backend.signature_ttl() is not None:
+            ident = rec.portable_data_hash if readonly and rec.portable_data_hash else rec.uuid
+            # A read refused for its signature re-fetches them once (storage/resigning.py).
+            store = resigning = ResigningStore(self.store, lambda: self.catalog.refresh_signatures(ident))
+        tree = CollectionTree(
             rec.manifest_text or "",
-            store=self.store,
+            store=store,
             flusher=m.flusher,
             budget=m.budget,
             readonly=readonly,
@@ -335,6 +361,12 @@ class Session:
             mtime=parse_time(rec.modified_at),
             record=record,
         )
+        if resigning is not None:
+            def reload_soon() -> None:
+                tree.loaded_at = float("-inf")  # its signatures are old: reload at the next open
+
+            resigning.on_refresh = reload_soon
+        return tree
 
     def drop_tree(self, ident: str) -> None:
         self.manager.trees.drop(self._tree_key(ident))
@@ -379,11 +411,40 @@ class Session:
         self.forget_listing()
         self.drop_tree(uuid)
 
-    def set_properties(self, tree: CollectionTree, properties: dict[str, Any]) -> None:
-        res = self.catalog.update(tree.uuid, properties=properties, base_version=tree.version)
-        self._after_update(tree, res.record, res.applied_on_base)
+    def replace_collection(self, src_uuid: str, target_uuid: str, *, move: bool) -> None:
+        """MOVE (rename) or COPY collection ``src_uuid`` onto the name of an
+        existing collection ``target_uuid``.
+
+        The target goes to the trash first (names are unique among live
+        collections); if the rename/copy then fails it comes back out, so a
+        failed request leaves both collections as they were.
+        """
+        target = self.catalog.get(target_uuid, with_manifest=False)
+        self.trash_collection(target_uuid)
+        try:
+            if move:
+                self.rename_collection(src_uuid, target.name)
+            else:
+                self.copy_collection(src_uuid, target.name)
+        except BaseException:
+            try:
+                self.catalog.untrash(target_uuid)
+            except CatalogError:
+                log.error("collection %s stays in the trash after a failed replace", target_uuid)
+            self.forget_listing()
+            raise
+
+    def patch_properties(self, tree: CollectionTree, patch: dict[str, Any]) -> None:
+        """Set (or, for None values, delete) only the named collection
+        properties, on the properties stored now (see
+        ``Catalog.update_properties``): keys another instance or the SDK set
+        meanwhile survive."""
+        res = self.catalog.update_properties(tree.uuid, patch)
+        # The files are untouched; the tree is current if nobody else
+        # committed in between (the version moved by exactly our update).
+        self._after_update(tree, res.record, res.record.version == tree.version + 1)
         with tree._lock:
-            tree.record["properties"] = dict(properties)
+            tree.record["properties"] = dict(res.record.properties or {})
         # Collection records at "/" come from the listing memo.
         self.forget_listing()
 
@@ -395,30 +456,27 @@ class Session:
         One collection (the usual case): the change joins the tree's commit
         queue, which stores buffered data (packing small files of concurrent
         requests together) and sends queued changes as few ``replace_files``
-        updates as possible (``collection/commits.py``).  Two collections
-        (cross-collection COPY/MOVE): both queues are drained while this
-        change holds both writer locks, then it commits directly,
-        destination first, so a failure can leave a copy but never a loss.
-        Raises the storage or catalog error; the writer locks are always
-        released, and a tree that may disagree with the catalog is dropped.
+        updates as possible, one request never split over two updates
+        (``collection/commits.py``).  Two collections (cross-collection
+        COPY/MOVE): see ``_commit_trees``.  Raises the storage or catalog
+        error; the writer locks are always released, and a tree that may
+        disagree with the catalog is dropped.  The change's after-commit
+        actions (side stores) run only once everything is durable.
         """
         trees = change.trees
         try:
-            if not change:
-                return
-            if len(trees) == 1:
-                tree = trees[0]
-                tree.commits.submit(change, lambda rf, mt: self._apply(tree, rf, mt))
-            else:
-                for tree in trees:
-                    if not tree.commits.drain(timeout=120):
-                        raise BusyError("collection is busy; try again")
-                change.flush()
-                for tree in trees:
-                    for replace_files, manifest_text in change.batches(tree):
-                        self._apply(tree, replace_files, manifest_text)
-                    change.committed(tree, version=tree.version)
-            self.forget_listing()
+            if change:
+                if len(trees) == 1:
+                    tree = trees[0]
+                    tree.commits.submit(change, lambda rf, mt: self._apply(tree, rf, mt))
+                else:
+                    for tree in trees:
+                        if not tree.commits.drain(timeout=120):
+                            raise BusyError("collection is busy; try again")
+                    change.flush()
+                    self._commit_trees(change, trees)
+                self.forget_listing()
+            actions = change.take_commit_actions()
         except BaseException:
             change.rollback()
             for tree in trees:
@@ -429,6 +487,47 @@ class Session:
             change.release()
         for tree in trees:
             self._forget_tree(tree, unless_same=True)
+        for action in actions:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the data change is durable; say so in the log
+                log.exception("after-commit side-store update failed")
+
+    def _commit_trees(self, change: ChangeSet, trees: list[CollectionTree]) -> None:
+        """Commit one change to several collections (caller holds their
+        writer locks; their queues are drained and buffers stored).
+
+        Embedded catalog: one transaction, all or nothing.  Arvados: one
+        update per collection, collections that gain content first and the
+        ones that only lose content (a MOVE's source) last, so a failure
+        after the first update leaves a copy at the destination, never a
+        loss; ``PartiallyApplied`` then reports what was saved.
+        """
+        ordered = sorted(trees, key=change.only_removes)
+        updates: list[CatalogUpdate] = []
+        owners: list[CollectionTree] = []
+        for tree in ordered:
+            for i, (replace_files, manifest_text) in enumerate(change.batches(tree)):
+                updates.append(CatalogUpdate(tree.uuid, replace_files=replace_files,
+                                             manifest_text=manifest_text or None,
+                                             base_version=tree.version if i == 0 else None))
+                owners.append(tree)
+        try:
+            results = self.catalog.update_many(updates)
+        except PartiallyApplied as e:
+            self._record_results(change, owners, e.applied)
+            raise
+        self._record_results(change, owners, results)
+
+    def _record_results(self, change: ChangeSet, owners: list[CollectionTree], results: list[UpdateResult]) -> None:
+        """Bring trees up to the catalog's versions after (some) updates."""
+        first: dict[int, bool] = {}
+        for tree, res in zip(owners, results):
+            on_base = first.setdefault(id(tree), res.applied_on_base)
+            self._after_update(tree, res.record, on_base)
+        for tree in dict.fromkeys(owners[: len(results)]):
+            if owners.count(tree) == sum(1 for t in owners[: len(results)] if t is tree):
+                change.committed(tree, version=tree.version)
 
     def _apply(self, tree: CollectionTree, replace_files: dict[str, str], manifest_text: str) -> None:
         res = self.catalog.update(

@@ -94,20 +94,26 @@ class CommitQueue:
                 self._cond.notify_all()
 
     def _commit_group(self, group: list[_Pending], apply_batch: ApplyBatch) -> None:
-        from .tree import compile_batches, pack_and_store, pending_buffers
+        from .tree import compile_group, pack_and_store, pending_buffers
 
         tree = self.tree
         error: BaseException | None = None
-        ops = [op for p in group for op in p.change.ops_for(tree)]
-        buffers = pending_buffers(ops)
+        per_request = [p.change.ops_for(tree) for p in group]
+        buffers = pending_buffers([op for ops in per_request for op in ops])
+        # Requests 0..done are completely in the catalog.  Updates are cut
+        # between requests (compile_group), so when update k fails, the
+        # requests of updates before k are durable and acknowledged, and
+        # the others fail without having changed anything.
+        done = -1
         if tree.invalid:
             error = BusyError("the collection changed while this request was queued; try again")
         else:
             try:
                 if buffers:
                     pack_and_store(buffers, tree.store, tree.flusher)
-                for replace_files, manifest_text in compile_batches(ops):
+                for replace_files, manifest_text, complete in compile_group(per_request):
                     apply_batch(replace_files, manifest_text)
+                    done = complete
             except BaseException as e:  # noqa: BLE001 - every waiter must learn the outcome
                 tree.invalid = True
                 error = _without_tracebacks(e)
@@ -117,10 +123,12 @@ class CommitQueue:
             for b in buffers:
                 b.discard()
         with self._cond:
-            for p in group:
-                if error is None:
+            for i, p in enumerate(group):
+                if error is None or i <= done:
                     p.change.forget(tree)
-                p.error = error
+                    p.error = None
+                else:
+                    p.error = error
                 p.done = True
             self.groups += 1
 

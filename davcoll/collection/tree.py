@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..manifest import (
     MAX_BLOCK_SIZE,
@@ -778,6 +778,24 @@ class ChangeSet:
         self._undo: list[tuple] = []
         self._ops: list[tuple] = []
         self._lock_timeout = lock_timeout
+        # Side-store changes (dead properties, locks, metadata files) that
+        # must happen only once the catalog holds this change.
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` after this change is committed (never if it fails)."""
+        self._on_commit.append(action)
+
+    def take_commit_actions(self) -> list[Callable[[], None]]:
+        """The registered after-commit actions (emptied: they run once)."""
+        actions, self._on_commit = self._on_commit, []
+        return actions
+
+    def only_removes(self, tree: CollectionTree) -> bool:
+        """Whether this change only deletes from ``tree`` (such updates go
+        last in a multi-collection commit: a failure then leaves a copy,
+        never a loss)."""
+        return all(op[0] == "delete" for op in self.ops_for(tree))
 
     @property
     def trees(self) -> list[CollectionTree]:
@@ -898,6 +916,7 @@ class ChangeSet:
         if self._undo:
             self.rollback()
         self._ops.clear()
+        self._on_commit.clear()
         while self._locked:
             tree = self._locked.pop()
             tree._writer_thread = None
@@ -958,6 +977,52 @@ def compile_batches(ops: list[tuple]) -> list[tuple[dict[str, str], str]]:
             rf[target] = "manifest_text/" + path
             _place_content(content, path, kind, arg)
     close_batch()
+    return out
+
+
+def _op_paths(op: tuple) -> list[str]:
+    kind, _tree, path, arg = op
+    return [path] + ([arg] if kind in ("copy", "move") else [])
+
+
+def compile_group(per_request: list[list[tuple]]) -> list[tuple[dict[str, str], str, int]]:
+    """The operations of several requests (in queue order) as catalog updates.
+
+    Like ``compile_batches``, but a new update starts only *between*
+    requests, so one request's change is one catalog update and a failed
+    update never leaves a request half applied.  Each item is
+    ``(replace_files, manifest_text, done)``: once this update is applied,
+    requests ``0..done`` are completely in the catalog (``done`` is -1 when
+    none is).  A request whose own operations overlap each other (none of
+    the WebDAV methods makes such a change) is split as before.
+    """
+    out: list[tuple[dict[str, str], str, int]] = []
+    chunk: list[tuple] = []
+    used: list[str] = []
+    complete = -1  # last request completely in the updates emitted so far
+
+    def overlaps(p: str) -> bool:
+        return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
+
+    def emit(last: int) -> None:
+        nonlocal complete
+        batches = compile_batches(chunk)
+        for i, (rf, mt) in enumerate(batches):
+            out.append((rf, mt, last if i == len(batches) - 1 else complete))
+        if batches:
+            complete = last
+
+    last_in_chunk = -1
+    for i, ops in enumerate(per_request):
+        paths = [p for op in ops for p in _op_paths(op)]
+        if chunk and any(overlaps(p) for p in paths):
+            emit(last_in_chunk)
+            chunk, used = [], []
+        chunk.extend(ops)
+        used.extend(paths)
+        last_in_chunk = i
+    if chunk:
+        emit(last_in_chunk)
     return out
 
 

@@ -45,6 +45,8 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (bs.BlockStoreUnavailable, HTTP_SERVICE_UNAVAILABLE, "block storage unavailable"),
     (bs.BlockTooLarge, HTTP_BAD_GATEWAY, "block too large"),
     (bs.BlockStoreError, HTTP_BAD_GATEWAY, "block storage failed"),
+    (cat.PartiallyApplied, HTTP_BAD_GATEWAY,
+     "the copy at the destination was saved, but removing the source failed (it still exists there)"),
     (cat.Unauthorized, HTTP_UNAUTHORIZED, "token rejected by the API server"),
     (cat.PermissionDenied, HTTP_FORBIDDEN, "permission denied"),
     (cat.NotFound, HTTP_NOT_FOUND, "collection not found"),
@@ -77,6 +79,12 @@ def dav_error(exc: BaseException, *, already_exists: int | None = None) -> DAVEr
     if mapped is None:
         raise exc
     status, reason = mapped
+    if isinstance(exc, cat.PartiallyApplied):
+        # A 5xx of the failed step's kind (503 stays retryable), with the
+        # reason saying what did happen.
+        cause = status_of(exc.cause)
+        if cause is not None and cause[0] >= 500:
+            status = cause[0]
     if already_exists is not None and isinstance(exc, fs.AlreadyExists):
         status = already_exists
     detail = str(exc).strip()

@@ -177,19 +177,27 @@ class _Mixin:
         return True
 
     def _after_copy_move(self, dst: "Location", *, move: bool, dest_exists: bool) -> None:
+        """Dead properties and locks follow the data -- once it is committed
+        (a failed request leaves the side stores as they were)."""
         prov = self.provider
         src_ref = self._ref_key()
         dst_ref = prov.canonical_ref(dst, dst.inner)
-        if prov.prop_manager is not None:
-            if dest_exists:
-                prov.prop_manager.remove_tree(dst_ref)
+        props = prov.prop_manager
+        environ = self.environ
+
+        def side_stores() -> None:
+            if props is not None:
+                if dest_exists:
+                    props.remove_tree(dst_ref)
+                if move:
+                    props.move_properties(src_ref, dst_ref, with_children=True, environ=environ)
+                else:
+                    props.copy_properties(src_ref, dst_ref, environ)
             if move:
-                prov.prop_manager.move_properties(src_ref, dst_ref, with_children=True, environ=self.environ)
-            else:
-                prov.prop_manager.copy_properties(src_ref, dst_ref, self.environ)
-        if move:
-            self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
-        self.environ["davcoll.created"] = not dest_exists
+                self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+
+        change_of(environ).on_commit(side_stores)
+        environ["davcoll.created"] = not dest_exists
         self._forget_resolution()
 
     def _junk_copy(self, dst: "Location", *, move: bool) -> bool:
@@ -214,18 +222,20 @@ class _Mixin:
             raise DAVError(HTTP_FORBIDDEN, context_info="collections can only be moved or copied at the top level")
         if src.readonly_id:
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot is read-only")
-        if dest_exists:
-            if dst.tree is not None and dst.tree.uuid == (src.tree.uuid if src.tree else None):
-                raise DAVError(HTTP_FORBIDDEN, context_info="source and destination are the same")
-            target = sess.find_collection(dst.name, fresh=True)
-            if target is not None:
-                sess.trash_collection(target.uuid)
+        if dest_exists and dst.tree is not None and dst.tree.uuid == (src.tree.uuid if src.tree else None):
+            raise DAVError(HTTP_FORBIDDEN, context_info="source and destination are the same")
+        reason = self.provider.reserved_name_reason(dst.name)
+        if reason:
+            raise DAVError(HTTP_FORBIDDEN, context_info=reason)
         assert src.tree is not None
         try:
-            if move:
-                sess.rename_collection(src.tree.uuid, dst.name)
+            target = sess.find_collection(dst.name, fresh=True) if dest_exists else None
+            if target is not None:
+                sess.replace_collection(src.tree.uuid, target.uuid, move=move)
+            elif move:
+                sess.rename_collection(src.tree.uuid, unicodedata.normalize("NFC", dst.name))
             else:
-                sess.copy_collection(src.tree.uuid, dst.name)
+                sess.copy_collection(src.tree.uuid, unicodedata.normalize("NFC", dst.name))
         except (CatalogError, FsError) as e:
             raise self._fail(e) from e
         self.environ["davcoll.created"] = not dest_exists
@@ -259,13 +269,20 @@ class _Mixin:
                 prov.junk.delete(loc.coll_key, loc.inner)
             else:
                 assert loc.tree is not None
-                loc.tree.remove(change_of(self.environ), loc.inner)
-                prov.junk.drop_tree(loc.coll_key, loc.inner)
+                change = change_of(self.environ)
+                loc.tree.remove(change, loc.inner)
+                coll_key, inner = loc.coll_key, loc.inner
+                change.on_commit(lambda: prov.junk.drop_tree(coll_key, inner))
         except (FsError, CatalogError) as e:
             raise self._fail(e) from e
-        if prov.prop_manager is not None:
-            prov.prop_manager.remove_tree(self._ref_key())
-        self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+        props, ref = prov.prop_manager, self._ref_key()
+
+        def side_stores() -> None:
+            if props is not None:
+                props.remove_tree(ref)
+            self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
+
+        change_of(self.environ).on_commit(side_stores)
         self._forget_resolution()
         return True
 
@@ -483,17 +500,11 @@ class DirResource(_Mixin, DAVCollection):
             if self.loc.readonly_id:
                 raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
             key = name[len(PROPS_NS) + 2 :]
-            pending = self.environ.setdefault("davcoll.props_update", {})
-            tree = self.loc.tree
-            props = pending.get(tree)
-            if props is None:
-                props = dict(tree.record.get("properties") or {})
-            if value is None:
-                props.pop(key, None)
-            else:
-                props[key] = "".join(value.itertext())
             if not dry_run:
-                pending[tree] = props
+                # Only the keys the request names: the commit applies them to
+                # the properties stored *then* (no lost updates).
+                patch = self.environ.setdefault("davcoll.props_update", {}).setdefault(self.loc.tree, {})
+                patch[key] = None if value is None else "".join(value.itertext())
             return True
         if self.loc.readonly_id:
             raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
@@ -659,6 +670,8 @@ class FileResource(_Mixin, DAVNonCollection):
     def set_property_value(self, name: str, value, *, dry_run: bool = False):
         if self.loc.readonly_id:
             raise DAVError(HTTP_FORBIDDEN, context_info="collection snapshot is read-only")
+        if name.startswith(("{" + PROPS_NS + "}", "{" + COLLECTION_NS + "}")):
+            raise DAVError(HTTP_FORBIDDEN, context_info="collection properties live on the collection root")
         return super().set_property_value(name, value, dry_run=dry_run)
 
     # --- upload ---------------------------------------------------------------

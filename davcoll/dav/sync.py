@@ -75,8 +75,8 @@ class SyncMiddleware(BaseMiddleware):
             if change is not None:
                 sess.commit(change)
             if props:
-                for tree, new_props in props.items():
-                    sess.set_properties(tree, new_props)
+                for tree, patch in props.items():
+                    sess.patch_properties(tree, patch)
         except (FsError, CatalogError, BlockStoreError) as e:
             log.warning("commit failed: %s", e)
             if self.metrics is not None:

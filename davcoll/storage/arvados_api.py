@@ -55,7 +55,7 @@ import secrets
 import threading
 import time
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import requests
 import requests.adapters
@@ -79,7 +79,7 @@ from .catalog import (
 )
 from .replace_files import apply_to_tree, plan_replace_files
 
-__all__ = ["ArvadosClient", "ArvadosCatalog", "RETRY_STATUSES", "parse_version", "quiet_insecure_warnings"]
+__all__ = ["ArvadosClient", "ArvadosCatalog", "ClusterFacts", "RETRY_STATUSES", "parse_version", "quiet_insecure_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,17 @@ _RECORD_FIELDS = ["uuid", "name", "portable_data_hash", "properties", "modified_
 # Which API hosts support the 3.0 replace_files sources (api_url -> bool).
 _VERSION_CACHE: dict[str, bool] = {}
 _VERSION_LOCK = threading.Lock()
+_TTL_RETRY_SECONDS = 30.0
+
+
+class ClusterFacts:
+    """What one client and its ``for_token`` copies learned about the
+    cluster (the signature TTL), shared so it is read once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ttl: int | None = None
+        self.retry_at = 0.0  # when a failed discovery read may be retried
 
 
 def _new_request_id() -> str:
@@ -155,8 +166,10 @@ class ArvadosClient:
         pool_size: int = 16,
         request_id: Callable[[], str] | None = None,
         session: requests.Session | None = None,
+        facts: ClusterFacts | None = None,
     ) -> None:
         self.api_url = _normalize_api_url(api_host_url)
+        self._facts = facts or ClusterFacts()
         self._token = token
         self.timeout = timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout))
         self.retries = retries
@@ -198,6 +211,7 @@ class ArvadosClient:
             pool_size=self._pool_size,
             request_id=self._request_id,
             session=self._session,
+            facts=self._facts,
         )
 
     def close(self) -> None:
@@ -345,12 +359,51 @@ class ArvadosClient:
             raise Unavailable("the discovery document is not a JSON object")
         return doc
 
+    def blob_signature_ttl(self) -> int:
+        """The cluster's ``blobSignatureTtl`` (seconds) from the discovery document.
+
+        Block signatures in manifests and from Keep PUTs are valid for this
+        long; cached trees and uploads refresh them before half of it has
+        passed.  Read once per API host; if the document cannot be read the
+        Arvados default (2 weeks) is assumed and the read is retried after
+        30 s (not on every call: during an outage each try costs retries).
+        """
+        facts = self._facts
+        with facts.lock:
+            if facts.ttl is not None:
+                return facts.ttl
+            if time.monotonic() < facts.retry_at:
+                return sg.DEFAULT_TTL
+        try:
+            value = self.discovery().get("blobSignatureTtl")
+            ttl = int(value) if value is not None else sg.DEFAULT_TTL
+            if ttl <= 0:
+                raise ValueError("blobSignatureTtl must be positive")
+        except (CatalogError, TypeError, ValueError) as e:
+            log.warning("cannot read blobSignatureTtl from the discovery document (%s); assuming %d s", e, sg.DEFAULT_TTL)
+            with facts.lock:
+                facts.retry_at = time.monotonic() + _TTL_RETRY_SECONDS
+            return sg.DEFAULT_TTL
+        with facts.lock:
+            facts.ttl = ttl
+        return ttl
+
     def config(self) -> dict:
         """The exported cluster configuration (public)."""
         cfg = self.call("GET", "/arvados/v1/config", auth=False)
         if not isinstance(cfg, dict):
             raise Unavailable("the cluster config is not a JSON object")
         return cfg
+
+
+class BlockSigner(Protocol):
+    """What the catalog needs from Keep to send only fresh signatures."""
+
+    def fresh_locator(self, locator: str) -> str:
+        """``locator``, or the same block with a signature younger than TTL/2."""
+
+    def forget(self, locators: Iterable[str]) -> None:
+        """These blocks are in a saved collection now: stop refreshing them."""
 
 
 class ArvadosCatalog(Catalog):
@@ -362,7 +415,10 @@ class ArvadosCatalog(Catalog):
     HTTP method of updates (the controller routes PATCH and PUT alike).
     ``validate_manifests`` parses every fetched manifest with davcoll's
     strict parser so a corrupt one is reported as ``InvalidManifest`` here
-    rather than surfacing as odd behaviour later.
+    rather than surfacing as odd behaviour later.  ``signer`` (the caller's
+    Keep client) re-signs the locators of a new manifest that are past half
+    their signature TTL before it is sent, so an upload that took longer
+    than the TTL still commits.
     """
 
     def __init__(
@@ -373,6 +429,7 @@ class ArvadosCatalog(Catalog):
         update_method: str = "PATCH",
         page_size: int = 1000,
         validate_manifests: bool = True,
+        signer: "BlockSigner | None" = None,
     ) -> None:
         if replace_files_mode not in ("auto", "server", "client"):
             raise ValueError("replace_files_mode must be 'auto', 'server' or 'client'")
@@ -381,6 +438,7 @@ class ArvadosCatalog(Catalog):
         self.update_method = update_method
         self.page_size = page_size
         self.validate_manifests = validate_manifests
+        self.signer = signer
         self._user: dict | None = None
         self._lock = threading.Lock()
 
@@ -523,11 +581,30 @@ class ArvadosCatalog(Catalog):
             last = out[-1].uuid
 
     def create(self, name: str, manifest_text: str = "", properties: Mapping[str, Any] | None = None) -> CollectionRecord:
+        manifest_text = self._fresh(manifest_text) or ""
         attrs: dict[str, Any] = {"name": name, "manifest_text": manifest_text}
         if properties is not None:
             attrs["properties"] = dict(properties)
         body = {"collection": attrs, "ensure_unique_name": False, "select": _RECORD_FIELDS}
-        return self._record(self.client.call("POST", "/arvados/v1/collections", body=body), with_manifest=False)
+        rec = self._record(self.client.call("POST", "/arvados/v1/collections", body=body), with_manifest=False)
+        self._saved(manifest_text)
+        return rec
+
+    def _fresh(self, manifest_text: str | None) -> str | None:
+        """``manifest_text`` with signatures past half their TTL renewed.
+
+        The API server refuses a manifest with an expired signature (403),
+        and a block written early in a long upload could otherwise expire
+        before the commit.  Renewing at half the TTL leaves the other half
+        for the request itself.
+        """
+        if not manifest_text or self.signer is None or "+A" not in manifest_text:
+            return manifest_text
+        return sg.map_manifest_locators(manifest_text, self.signer.fresh_locator)
+
+    def _saved(self, manifest_text: str | None) -> None:
+        if manifest_text and self.signer is not None:
+            self.signer.forget(sg.manifest_locators(manifest_text))
 
     def update(
         self,
@@ -542,6 +619,16 @@ class ArvadosCatalog(Catalog):
         """See ``Catalog.update``.  ``applied_on_base`` is always False:
         the controller does not say what it applied the change to."""
         path = self._coll_path(uuid)
+        manifest_text = self._fresh(manifest_text)
+        try:
+            return self._update(uuid, path, replace_files, manifest_text, properties, name)
+        finally:
+            # Saved or not: a failed commit drops the upload's buffers, and
+            # nobody will send these blocks again.
+            self._saved(manifest_text)
+
+    def _update(self, uuid: str, path: str, replace_files: Mapping[str, str] | None, manifest_text: str | None,
+                properties: Mapping[str, Any] | None, name: str | None) -> UpdateResult:
         attrs: dict[str, Any] = {}
         if properties is not None:
             attrs["properties"] = dict(properties)
@@ -587,10 +674,39 @@ class ArvadosCatalog(Catalog):
     def trash(self, uuid: str) -> None:
         self.client.call("POST", f"{self._coll_path(uuid)}/trash", idempotent=True)
 
+    def untrash(self, uuid: str) -> CollectionRecord:
+        self.client.call("POST", f"{self._coll_path(uuid)}/untrash", idempotent=True)
+        return self.get(uuid, with_manifest=False)
+
     def revision(self, uuid: str) -> tuple[str, int]:
-        """``revision_key`` of the collection: one GET selecting three fields."""
+        """``revision_key`` of the collection: one GET selecting three fields.
+
+        For a PDH (content never changes) this is the access check: NotFound
+        once the token can read no collection with that content.
+        """
+        if _PDH_RE.fullmatch(uuid):
+            self._check_pdh_access(uuid)
+            return (uuid, 1)
         data = self.client.get(self._coll_path(uuid), select=_REVISION_FIELDS)
         return revision_key(self._record(data, with_manifest=False))
+
+    def _check_pdh_access(self, pdh: str) -> None:
+        """One small listing: a readable collection with this PDH.  Only if
+        there is none, ask for the PDH itself (it may be an old version's
+        content, which listings do not show); that GET may return the whole
+        manifest, but a PDH nobody currently holds is rare."""
+        resp = self.client.get(
+            "/arvados/v1/collections",
+            filters=[["portable_data_hash", "=", pdh]],
+            select=["uuid"],
+            limit=1,
+            count="none",
+        )
+        items = resp.get("items") if isinstance(resp, dict) else None
+        if not isinstance(items, list):
+            raise Unavailable("collection list reply has no items")
+        if not items:
+            self.client.get(self._coll_path(pdh), select=["portable_data_hash"])
 
     def refresh_signatures(self, uuid_or_pdh: str) -> dict[str, str]:
         """Fresh ``+A`` signatures: bare ``md5+size`` -> newly signed locator.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 __all__ = [
     "CatalogError",
@@ -131,8 +131,78 @@ class UpdateResult:
     applied_on_base: bool = False
 
 
+@dataclasses.dataclass
+class CatalogUpdate:
+    """One collection update, as ``Catalog.update`` takes it (for
+    ``update_many``).  ``properties_patch`` changes only the keys it names
+    (a None value deletes the key) on the properties *stored now*."""
+
+    uuid: str
+    replace_files: Mapping[str, str] | None = None
+    manifest_text: str | None = None
+    properties: Mapping[str, Any] | None = None
+    name: str | None = None
+    base_version: int | None = None
+    properties_patch: Mapping[str, Any] | None = None
+
+
+class PartiallyApplied(CatalogError):
+    """``update_many`` on a catalog without multi-collection transactions
+    failed after some updates were applied.  ``applied`` holds their
+    results (in order), ``cause`` the failure of the next one."""
+
+    def __init__(self, applied: list["UpdateResult"], cause: CatalogError) -> None:
+        super().__init__(str(cause))
+        self.applied = applied
+        self.cause = cause
+        self.status = getattr(cause, "status", 502)
+
+
 class Catalog(abc.ABC):
     """Collections as seen by one caller."""
+
+    #: Whether ``update_many`` applies all its updates in one transaction
+    #: (embedded SQLite) or one after the other (the Arvados API has no
+    #: multi-collection transaction).
+    atomic_update_many = False
+
+    def update_many(self, updates: Sequence[CatalogUpdate]) -> list[UpdateResult]:
+        """Apply updates in order.
+
+        Atomic catalogs apply all or none.  Others apply them one by one and
+        raise ``PartiallyApplied`` when one fails after others were applied,
+        so the caller can order updates such that a partial result never
+        loses data (additions before removals).
+        """
+        done: list[UpdateResult] = []
+        for u in updates:
+            try:
+                if u.properties_patch is not None:
+                    done.append(self.update_properties(u.uuid, u.properties_patch))
+                    continue
+                done.append(self.update(u.uuid, replace_files=u.replace_files, manifest_text=u.manifest_text,
+                                        properties=u.properties, name=u.name, base_version=u.base_version))
+            except CatalogError as e:
+                if done:
+                    raise PartiallyApplied(done, e) from e
+                raise
+        return done
+
+    def update_properties(self, uuid: str, patch: Mapping[str, Any]) -> UpdateResult:
+        """Change only the property keys in ``patch`` (None deletes a key).
+
+        Default: read the properties uncached right before the update.  A
+        concurrent writer can still slip in between the two calls on a
+        catalog without patch semantics (the Arvados API replaces the whole
+        properties object); the window is one round trip, not a cache age.
+        """
+        current = dict(self.get(uuid, with_manifest=False).properties or {})
+        for key, value in patch.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        return self.update(uuid, properties=current)
 
     @abc.abstractmethod
     def get(self, uuid_or_pdh: str, *, with_manifest: bool = True) -> CollectionRecord:
@@ -176,6 +246,10 @@ class Catalog(abc.ABC):
     def trash(self, uuid: str) -> None:
         """Move the collection to the trash (it disappears from ``list``)."""
 
+    @abc.abstractmethod
+    def untrash(self, uuid: str) -> CollectionRecord:
+        """Take a collection out of the trash (undoes ``trash``)."""
+
     def rename(self, uuid: str, new_name: str) -> CollectionRecord:
         return self.update(uuid, name=new_name).record
 
@@ -185,6 +259,13 @@ class Catalog(abc.ABC):
 
         Used to revalidate a cached tree with one small lookup.
         """
+
+    def refresh_signatures(self, uuid_or_pdh: str) -> dict[str, str]:
+        """Fresh ``+A`` signatures: bare ``md5+size`` -> newly signed locator.
+
+        Catalogs whose blocks need no signatures have nothing to refresh.
+        """
+        return {}
 
     def close(self) -> None:
         """Release connections."""

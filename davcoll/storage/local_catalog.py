@@ -121,6 +121,7 @@ from ..manifest import (
 from .catalog import (
     BadRequest,
     Catalog,
+    CatalogUpdate,
     CatalogError,
     CollectionRecord,
     Conflict,
@@ -919,8 +920,12 @@ class LocalCatalog(Catalog):
     new manifest is estimated to be at most this long (otherwise the record
     carries None until a read computes it).  ``synchronous`` is SQLite's
     durability setting; FULL makes every commit durable before the caller
-    answers.
+    answers.  ``pdh_pass_interval``: the background pass that computes
+    missing PDHs after a lookup miss starts at most this often (seconds;
+    see ``pdh_indexer``).
     """
+
+    atomic_update_many = True  # update_many is one SQLite transaction
 
     def __init__(
         self,
@@ -1254,62 +1259,95 @@ class LocalCatalog(Catalog):
         name: str | None = None,
         base_version: int | None = None,
     ) -> UpdateResult:
+        upd = CatalogUpdate(uuid, replace_files=replace_files, manifest_text=manifest_text,
+                            properties=properties, name=name, base_version=base_version)
+        return self.update_many([upd])[0]
+
+    def update_many(self, updates: Sequence[CatalogUpdate]) -> list[UpdateResult]:
+        """Apply several updates (of one or several collections) in ONE
+        transaction: all of them, in order, or none (see Catalog.update_many)."""
         # Everything that needs no stored state is checked before the write
         # lock is taken, so a bad request never holds up other writers.
-        ops = None
-        if replace_files:
-            ops = plan_replace_files(replace_files, manifest_text_supplied=bool(manifest_text))
-        new_tree = _parse_incoming(manifest_text) if manifest_text is not None else None
-        props = _properties_json(properties) if properties is not None else None
-        if name is not None:
-            _check_name(name)
-
+        prepared = [self._prepare_update(u) for u in updates]
         with self._write() as conn:
             # The IMMEDIATE transaction holds SQLite's write lock from here to
-            # COMMIT: the stored version read now is the one we build on, and
-            # every row change below commits (or rolls back) as one.
-            row = self._collection_row(conn, uuid)
-            cid = row[8]
-            old = row[5]
-            new = old + 1
-            now = rfc3339_now()
-            new_name = row[1] if name is None else name
-            new_props = row[6] if props is None else props
-            try:
-                conn.execute(
-                    "UPDATE collections SET name = ?, properties = ?, modified_at = ?, version = ? WHERE id = ?",
-                    (new_name, new_props, now, new, cid),
-                )
-            except sqlite3.IntegrityError as e:
-                raise Conflict(f"a collection named {new_name!r} already exists") from e
+            # COMMIT: the stored versions read now are the ones we build on,
+            # and every row change below commits (or rolls back) as one.
+            return [self._update_in(conn, u, *p) for u, p in zip(updates, prepared)]
 
-            (approx,) = conn.execute(
-                "SELECT approx_chars FROM versions WHERE uuid = ? AND version = ?", (uuid, old)
-            ).fetchone()
-            pdh = None
-            if ops is not None:
-                writer = _VersionWriter(conn, cid, new)
-                self._apply_replace_files(conn, writer, cid, old, ops, new_tree)
-                approx = max(0, approx + writer.delta_chars)
-                if approx <= self.cheap_pdh_chars:
-                    # Small collection: assembling it costs little, and the
-                    # lines rendered now are this version's (we hold the lock).
-                    text, rendered = _assemble_current(conn, cid)
-                    _store_lines(conn, cid, rendered)
-                    pdh = portable_data_hash(text)
-            elif new_tree is not None:
-                writer = _VersionWriter(conn, cid, new)
-                pdh = portable_data_hash(writer.replace_all(new_tree))
-                approx = max(0, approx + writer.delta_chars)
-            else:
-                pdh = self._cached_pdh(conn, uuid, old)  # tree unchanged
+    @staticmethod
+    def _prepare_update(u: CatalogUpdate) -> tuple:
+        ops = None
+        if u.replace_files:
+            ops = plan_replace_files(u.replace_files, manifest_text_supplied=bool(u.manifest_text))
+        new_tree = _parse_incoming(u.manifest_text) if u.manifest_text is not None else None
+        props = _properties_json(u.properties) if u.properties is not None else None
+        if u.name is not None:
+            _check_name(u.name)
+        return ops, new_tree, props
+
+    def _update_in(self, conn: sqlite3.Connection, u: CatalogUpdate, ops, new_tree, props) -> UpdateResult:
+        """One update inside the caller's write transaction."""
+        uuid, name, base_version = u.uuid, u.name, u.base_version
+        if u.properties_patch is not None:
+            props = self._patched_properties(conn, uuid, u.properties_patch)
+        row = self._collection_row(conn, uuid)
+        cid = row[8]
+        old = row[5]
+        new = old + 1
+        now = rfc3339_now()
+        new_name = row[1] if name is None else name
+        new_props = row[6] if props is None else props
+        try:
             conn.execute(
-                "INSERT INTO versions (uuid, version, name, properties, modified_at, approx_chars, pdh)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uuid, new, new_name, new_props, now, approx, pdh),
+                "UPDATE collections SET name = ?, properties = ?, modified_at = ?, version = ? WHERE id = ?",
+                (new_name, new_props, now, new, cid),
             )
+        except sqlite3.IntegrityError as e:
+            raise Conflict(f"a collection named {new_name!r} already exists") from e
+
+        (approx,) = conn.execute(
+            "SELECT approx_chars FROM versions WHERE uuid = ? AND version = ?", (uuid, old)
+        ).fetchone()
+        pdh = None
+        if ops is not None:
+            writer = _VersionWriter(conn, cid, new)
+            self._apply_replace_files(conn, writer, cid, old, ops, new_tree)
+            approx = max(0, approx + writer.delta_chars)
+            if approx <= self.cheap_pdh_chars:
+                # Small collection: assembling it costs little, and the
+                # lines rendered now are this version's (we hold the lock).
+                text, rendered = _assemble_current(conn, cid)
+                _store_lines(conn, cid, rendered)
+                pdh = portable_data_hash(text)
+        elif new_tree is not None:
+            writer = _VersionWriter(conn, cid, new)
+            pdh = portable_data_hash(writer.replace_all(new_tree))
+            approx = max(0, approx + writer.delta_chars)
+        else:
+            pdh = self._cached_pdh(conn, uuid, old)  # tree unchanged
+        conn.execute(
+            "INSERT INTO versions (uuid, version, name, properties, modified_at, approx_chars, pdh)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uuid, new, new_name, new_props, now, approx, pdh),
+        )
         record = _record((uuid, new_name, row[2], row[3], now, new, new_props, 0), pdh=pdh)
         return UpdateResult(record=record, applied_on_base=base_version is not None and base_version == old)
+
+    def update_properties(self, uuid: str, patch: Mapping[str, Any]) -> UpdateResult:
+        return self.update_many([CatalogUpdate(uuid, properties_patch=patch)])[0]
+
+    def _patched_properties(self, conn: sqlite3.Connection, uuid: str, patch: Mapping[str, Any]) -> str:
+        """The stored properties with ``patch`` applied (None values delete
+        keys), read inside the write transaction: no lost updates."""
+        row = self._collection_row(conn, uuid)
+        current = json.loads(row[6] or "{}")
+        for key, value in patch.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        return _properties_json(current)
 
     def _resolve_pdh_source(
         self, conn: sqlite3.Connection, op: ReplaceOp, cid: int, old: int
