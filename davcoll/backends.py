@@ -95,7 +95,7 @@ class ArvadosBackend(Backend):
 
     trusted_normalized = False  # the controller writes the Go layout
     shared_trees = False  # trees hold per-token signatures
-    max_tree_age = 3600.0  # reload before signatures (2 weeks) get near expiry
+    pdh_access_checks = True  # a token may lose access to /by_id/<pdh>/
 
     def __init__(
         self,
@@ -119,7 +119,8 @@ class ArvadosBackend(Backend):
             # Once here instead of an InsecureRequestWarning per API/Keep call.
             log.warning("TLS certificate verification is off for the Arvados API and Keep (insecure = true)")
         self._client = ArvadosClient(api_url, "", verify_tls=not insecure, **(client_options or {}))
-        self._keep = KeepClient(api_url, "", services=keep_services, verify_tls=not insecure, **(keep_options or {}))
+        self._keep = KeepClient(api_url, "", services=keep_services, verify_tls=not insecure,
+                                signature_ttl=self.signature_ttl, **(keep_options or {}))
         self._anonymous_token = anonymous_token
         self.cache = BlockCache(self._keep, block_cache_bytes)
         data = Path(data_dir)
@@ -138,7 +139,12 @@ class ArvadosBackend(Backend):
     def _catalog_for(self, token: str):
         from .storage.arvados_api import ArvadosCatalog
 
-        return ArvadosCatalog(self._client.for_token(token))
+        # The token's Keep client renews old signatures in a commit's manifest.
+        return ArvadosCatalog(self._client.for_token(token), signer=self._keep.for_token(token))
+
+    def signature_ttl(self) -> float | None:
+        """The cluster's ``blobSignatureTtl`` (discovery document, read once)."""
+        return float(self._client.blob_signature_ttl())
 
     def authenticate(self, token: str | None) -> Principal | None:
         from .storage.catalog import PermissionDenied, Unauthorized

@@ -270,3 +270,156 @@ def test_verification_uses_the_environment_bundle_when_on(tls_fake, tmp_path, mo
             backend.authenticate(token)
     finally:
         backend.close()
+
+
+# --------------------------------------------------------------------------- items 2 and 3
+
+TTL = 3  # seconds: the short blobSignatureTtl of the fake below
+
+
+@pytest.fixture(scope="module")
+def short_fake():
+    with FakeArvados(keepstores=2, seed=13, blob_signing_ttl=TTL) as f:
+        yield f
+
+
+@pytest.fixture
+def short_manager(short_fake, tmp_path):
+    # A long revalidation interval: only the signature age makes trees reload.
+    short_fake.time_offset = 0.0
+    m = SessionManager(make_backend(short_fake, tmp_path), config=SessionConfig(revalidate_seconds=1000.0))
+    yield m
+    m.close()
+    short_fake.time_offset = 0.0
+
+
+def _put_file(session, uuid: str, path: str, data: bytes) -> None:
+    from davcoll.collection import ChangeSet, FileWriter
+
+    tree = session.open_tree(uuid)
+    w = FileWriter(tree.store, tree.flusher, tree.budget)
+    w.write(data)
+    change = ChangeSet()
+    tree.put_file(change, path, w.close())
+    session.commit(change)
+
+
+def test_ttl_comes_from_the_discovery_document(short_fake, short_manager):
+    assert short_manager.backend.signature_ttl() == TTL
+
+
+def test_trees_reload_before_half_the_ttl(short_fake, short_manager):
+    token = short_fake.add_user("halfttl")
+    s = short_manager.session(short_manager.authenticate(token))
+    rec = s.catalog.create("h")
+    _put_file(s, rec.uuid, "f", b"data")
+    pdh = s.catalog.get(rec.uuid, with_manifest=False).portable_data_hash
+    for ident in (rec.uuid, pdh):  # PDH trees too
+        tree = s.open_tree(ident)
+        assert s.open_tree(ident) is tree
+        tree.loaded_at -= TTL / 2 + 0.1  # as if half the TTL had passed
+        fresh = s.open_tree(ident)
+        assert fresh is not tree and fresh.open_read("f").read() == b"data"
+
+
+def test_read_refused_for_an_expired_signature_refreshes_once(short_fake, short_manager):
+    token = short_fake.add_user("expired")
+    s = short_manager.session(short_manager.authenticate(token))
+    rec = s.catalog.create("e")
+    _put_file(s, rec.uuid, "f", b"payload")
+    s.drop_tree(rec.uuid)
+    tree = s.open_tree(rec.uuid)
+    pdh_tree = s.open_tree(s.catalog.get(rec.uuid, with_manifest=False).portable_data_hash)
+    short_manager.backend.cache.clear()  # the upload left the block in the cache
+    short_fake.time_offset = TTL + 2  # every signature these trees hold has expired
+    before = n_api(short_fake)
+    assert tree.open_read("f").read() == b"payload"
+    refresh = [c for c in api_calls(short_fake, before) if "manifest_text" in c.query]
+    assert len(refresh) == 1  # one manifest re-fetch for fresh signatures
+    assert s.open_tree(rec.uuid) is not tree  # and the tree is reloaded at its next use
+    assert pdh_tree.open_read("f").read() == b"payload"
+
+
+def test_upload_longer_than_the_ttl_commits(short_fake, short_manager):
+    from davcoll.collection import ChangeSet, FileWriter
+
+    token = short_fake.add_user("slow-upload")
+    s = short_manager.session(short_manager.authenticate(token))
+    rec = s.catalog.create("u")
+    tree = s.open_tree(rec.uuid)
+    # 1 KiB blocks, each stored while the upload goes on, for longer than the TTL.
+    w = FileWriter(tree.store, tree.flusher, tree.budget, block_size=1024, small_limit=16)
+    parts = [bytes([65 + i]) * 1024 for i in range(7)]
+    start = time.monotonic()
+    for p in parts:
+        w.write(p)
+        time.sleep(TTL / 5)
+    segs = w.close()
+    assert time.monotonic() - start > TTL
+    change = ChangeSet()
+    tree.put_file(change, "big.bin", segs)
+    s.commit(change)  # the first blocks' original signatures have expired by now
+    s.drop_tree(rec.uuid)
+    assert s.open_tree(rec.uuid).open_read("big.bin").read() == b"".join(parts)
+
+
+def test_http_reads_after_the_ttl(short_fake, tmp_path):
+    from server_util import running_server
+
+    short_fake.time_offset = 0.0
+    token = short_fake.add_user("http-ttl")
+    h = {"Authorization": f"Bearer {token}"}
+    kw = dict(anonymous="none", backend="arvados", arvados_api_host=short_fake.api_url)
+    with running_server(tmp_path / "state", backend_impl=make_backend(short_fake, tmp_path), **kw) as srv:
+        assert requests.request("MKCOL", srv.u("t/"), headers=h).status_code == 201
+        assert requests.put(srv.u("t/a.txt"), data=b"first", headers=h).status_code == 201
+        assert requests.put(srv.u("t/b.txt"), data=b"second", headers=h).status_code == 201
+        assert requests.get(srv.u("t/a.txt"), headers=h).content == b"first"
+        srv.app.backend.cache.clear()  # the uploads left their blocks in the cache
+        short_fake.time_offset = TTL + 2  # signatures in the cached tree have expired
+        r = requests.get(srv.u("t/b.txt"), headers=h)
+        assert r.status_code == 200 and r.content == b"second"
+
+
+def test_pdh_access_is_rechecked(fake, tmp_path):
+    from server_util import running_server
+
+    token = fake.add_user("loses-access")
+    other = fake.user_for(fake.add_user("gets-it"))
+    h = {"Authorization": f"Bearer {token}"}
+    kw = dict(anonymous="none", backend="arvados", arvados_api_host=fake.api_url, revalidate_seconds=1000)
+    with running_server(tmp_path / "state", backend_impl=make_backend(fake, tmp_path), **kw) as srv:
+        assert requests.request("MKCOL", srv.u("p/"), headers=h).status_code == 201
+        assert requests.put(srv.u("p/f"), data=b"secret", headers=h).status_code == 201
+        uuid = next(c.uuid for c in fake.collections.values() if c.name == "p" and c.owner_uuid != other.uuid
+                    and fake.user_for(token).uuid == c.owner_uuid)
+        pdh = fake.collections[uuid].pdh
+        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).content == b"secret"
+        fake.transfer(uuid, other.uuid)
+        # Within revalidate_seconds the cached snapshot is served ...
+        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).status_code == 200
+        # ... but Cache-Control: no-cache re-checks at once, with one small call.
+        before = n_api(fake)
+        r = requests.get(srv.u(f"by_id/{pdh}/f"), headers={**h, "Cache-Control": "no-cache"})
+        assert r.status_code == 404
+        assert not [c for c in api_calls(fake, before) if "manifest_text" in c.query]
+        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).status_code == 404
+
+
+def test_pdh_access_recheck_at_the_revalidation_interval(fake, manager):
+    from davcoll.storage.catalog import NotFound
+
+    token = fake.add_user("interval")
+    other = fake.user_for(fake.add_user("interval-2"))
+    s = manager.session(manager.authenticate(token))  # revalidate_seconds=0
+    rec = s.catalog.create("i")
+    _put_file(s, rec.uuid, "f", b"x")
+    pdh = s.catalog.get(rec.uuid, with_manifest=False).portable_data_hash
+    tree = s.open_tree(pdh)
+    before = n_api(fake)
+    assert s.open_tree(pdh) is tree
+    calls = api_calls(fake, before)
+    assert len(calls) == 1 and "manifest_text" not in calls[0].query  # one small check
+    fake.transfer(rec.uuid, other.uuid)
+    with pytest.raises(NotFound):
+        s.open_tree(pdh)

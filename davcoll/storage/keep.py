@@ -46,6 +46,7 @@ import secrets
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -54,6 +55,7 @@ import requests.adapters
 import urllib3.exceptions
 
 from ..manifest import EMPTY_BLOCK, MAX_BLOCK_SIZE, bare_locator
+from . import signatures as sg
 from .blocks import (
     BlockCorrupt,
     BlockNotFound,
@@ -180,6 +182,63 @@ class _BadBody(Exception):
     """A body that does not hash to the locator (a failed, retryable try)."""
 
 
+class _RecentWrites:
+    """Signed locators of blocks written but not yet saved in a collection.
+
+    Keyed by (token digest, bare locator): signatures are per token.  Shared
+    by a client and its ``for_token`` copies (the catalog's signer and the
+    session's store are different copies).  Entries leave when a commit
+    names them (``forget``), or, for abandoned uploads, after ``max_age``
+    seconds or when more than ``max_entries`` are held (oldest first).
+    """
+
+    def __init__(self, max_entries: int = 20000, max_age: float = 86400.0) -> None:
+        self.max_entries = max_entries
+        self.max_age = max_age
+        # _lock guards _items and _busy.
+        self._lock = threading.Lock()
+        # key -> (newest signed locator, first written, monotonic)
+        self._items: "OrderedDict[tuple[str, str], tuple[str, float]]" = OrderedDict()
+        self._busy: set[tuple[str, str]] = set()  # being renewed right now
+
+    def record(self, token_key: str, locator: str) -> None:
+        key = (token_key, bare_locator(locator))
+        now = time.monotonic()
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._items[key] = (locator, old[1] if old else now)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def newest(self, token_key: str, locator: str) -> str | None:
+        with self._lock:
+            item = self._items.get((token_key, bare_locator(locator)))
+        return item[0] if item else None
+
+    def forget(self, token_key: str, locators: Iterable[str]) -> None:
+        keys = {(token_key, bare_locator(loc)) for loc in locators}
+        with self._lock:
+            for key in keys:
+                self._items.pop(key, None)
+
+    def due(self, token_key: str, ttl: float) -> list[str]:
+        """This token's entries past half their TTL, marked busy (call ``done``)."""
+        now, mono = time.time(), time.monotonic()
+        out = []
+        with self._lock:
+            for key, (loc, first) in list(self._items.items()):
+                if mono - first > self.max_age:
+                    del self._items[key]
+                elif key[0] == token_key and key not in self._busy and sg.needs_refresh(loc, ttl, now):
+                    self._busy.add(key)
+                    out.append(loc)
+        return out
+
+    def done(self, token_key: str, locator: str) -> None:
+        with self._lock:
+            self._busy.discard((token_key, bare_locator(locator)))
+
+
 class KeepClient(BlockStore):
     """Blocks in Keep, reached over one pooled ``requests.Session``.
 
@@ -213,6 +272,8 @@ class KeepClient(BlockStore):
         pool_size: int = 16,
         request_id: Callable[[], str] | None = None,
         session: requests.Session | None = None,
+        signature_ttl: Callable[[], float | None] | None = None,
+        _written: "_RecentWrites | None" = None,
     ) -> None:
         if api_url is None and services is None:
             raise ValueError("KeepClient needs an API URL or an explicit service list")
@@ -230,6 +291,9 @@ class KeepClient(BlockStore):
         self.discovery_ttl = discovery_ttl
         self._request_id = request_id or new_request_id
         self._pool_size = pool_size
+        self.signature_ttl = signature_ttl
+        self._written = _written if _written is not None else _RecentWrites()
+        self._token_key = hashlib.sha256(token.encode()).hexdigest()
         self._own_session = session is None
         if session is None:
             session = requests.Session()
@@ -275,6 +339,8 @@ class KeepClient(BlockStore):
             pool_size=self._pool_size,
             request_id=self._request_id,
             session=self._session,
+            signature_ttl=self.signature_ttl,
+            _written=self._written,
         )
         return clone
 
@@ -489,6 +555,70 @@ class KeepClient(BlockStore):
     # Writes
 
     def put(self, data: bytes | bytearray | memoryview, *, copies: int | None = None) -> str:
+        """Store a block (see ``_store``) and remember its signature.
+
+        Blocks written here are usually not in any saved collection yet (an
+        upload is running), so nothing else would renew their signatures:
+        each put also re-signs this token's earlier uncommitted blocks that
+        are past half their TTL (``fresh_locator``), so a long upload's first
+        blocks are still valid when it commits.
+        """
+        loc = self._store(data, copies=copies)
+        if sg.permission_hint(loc) is not None:
+            self._written.record(self._token_key, loc)
+            self._renew_written()
+        return loc
+
+    # ------------------------------------------------------------------
+    # Signatures of blocks written by uploads that have not committed yet
+
+    def _ttl(self) -> float | None:
+        return self.signature_ttl() if self.signature_ttl is not None else None
+
+    def fresh_locator(self, locator: str) -> str:
+        """``locator`` with a signature younger than half the TTL.
+
+        The newest signature this process holds for the block is used; if
+        that one is past half its life too, the block is re-signed by
+        reading it (the old signature is still valid) and storing it again
+        (Keep answers with a fresh signature; the data is not duplicated).
+        Unsigned or expired locators come back unchanged.
+        """
+        if sg.permission_hint(locator) is None:
+            return locator
+        newer = self._written.newest(self._token_key, locator)
+        if newer is not None and (sg.signature_expiry(newer) or 0) > (sg.signature_expiry(locator) or 0):
+            locator = newer
+        ttl = self._ttl()
+        if ttl is None or not sg.needs_refresh(locator, ttl):
+            return locator
+        return self._resign(locator)
+
+    def forget(self, locators: Iterable[str]) -> None:
+        """Stop renewing these blocks (they are in a saved collection now)."""
+        self._written.forget(self._token_key, locators)
+
+    def _resign(self, locator: str) -> str:
+        data = self.get(locator)
+        new = self._store(data)
+        if sg.permission_hint(new) is not None:
+            self._written.record(self._token_key, new)
+        log.debug("re-signed block %s", bare_locator(locator))
+        return new
+
+    def _renew_written(self) -> None:
+        ttl = self._ttl()
+        if ttl is None:
+            return
+        for loc in self._written.due(self._token_key, ttl):
+            try:
+                self._resign(loc)
+            except BlockStoreError as e:
+                log.warning("could not renew the signature of block %s: %s", bare_locator(loc), e)
+            finally:
+                self._written.done(self._token_key, loc)
+
+    def _store(self, data: bytes | bytearray | memoryview, *, copies: int | None = None) -> str:
         """Store a block on ``copies`` replicas; return the signed locator.
 
         With only keepstores (``disk``), each PUT stores one replica, so up

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = [
     "DEFAULT_TTL",
@@ -44,6 +44,8 @@ __all__ = [
     "strip_manifest_signatures",
     "manifest_locators",
     "earliest_expiry",
+    "needs_refresh",
+    "map_manifest_locators",
     "is_empty_block",
 ]
 
@@ -104,6 +106,36 @@ def signature_expiry(locator: str) -> int | None:
     """Unix expiry time of the locator's ``+A`` hint, or None if unsigned."""
     hint = permission_hint(locator)
     return None if hint is None else hint[1]
+
+
+def needs_refresh(locator: str, ttl: float, now: float | None = None) -> bool:
+    """Whether a signed locator is past half its life (and not yet expired).
+
+    A signature is issued at ``expiry - ttl``; davcoll re-signs once half of
+    the TTL has gone by, so what it hands on stays valid for at least
+    ``ttl/2`` more.  Unsigned or already expired locators: False (nothing
+    to refresh, or too late to refresh through Keep).
+    """
+    expiry = signature_expiry(locator)
+    if expiry is None:
+        return False
+    now = time.time() if now is None else now
+    return now < expiry and now - (expiry - ttl) > ttl / 2
+
+
+def map_manifest_locators(manifest_text: str, fn: Callable[[str], str]) -> str:
+    """The manifest with every locator token replaced by ``fn(locator)``
+    (called once per distinct locator)."""
+    seen: dict[str, str] = {}
+
+    def repl(m: re.Match[str]) -> str:
+        loc = m.group(0)
+        out = seen.get(loc)
+        if out is None:
+            out = seen[loc] = fn(loc)
+        return out
+
+    return _MANIFEST_LOCATOR.sub(repl, manifest_text)
 
 
 def strip_permission(locator: str) -> str:

@@ -647,6 +647,16 @@ class FakeArvados:
             user = self._by_token[token]
             user.active = False
 
+    def transfer(self, uuid: str, to_user_uuid: str) -> None:
+        """Give a collection, and its current content's history entry, to
+        another user: the old owner can no longer read it by UUID or PDH."""
+        with self._lock:
+            c = self.collections[uuid]
+            old = c.owner_uuid
+            c.owner_uuid = to_user_uuid
+            entries = self._history.get(c.pdh, [])
+            self._history[c.pdh] = [(to_user_uuid if o == old else o, t) for o, t in entries]
+
     def sign(self, locator: str, token: str, *, expiry: int | None = None) -> str:
         """Sign a locator the way this cluster would for ``token``."""
         return sg.sign_locator(locator, self.blob_signing_key, token, expiry=expiry, ttl=self.blob_signing_ttl, now=self.now())
