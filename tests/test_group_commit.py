@@ -142,3 +142,80 @@ def test_record_json_waits_for_queued_commits(env):
     data = tree.record_json()  # must not fail on the queued change's unstored tail
     t.join()
     assert b"manifest_text" in data
+
+
+def test_failed_second_update_of_a_group_fails_only_the_requests_it_holds(env):
+    """Issue 10 §3: a group [PUT b, MOVE a->b] needs two updates (the paths
+    overlap).  With the second one failing, the PUT was applied and must be
+    acknowledged (not reported failed), and the MOVE must have changed
+    nothing: no file in both places, nothing lost."""
+    tree, store, budget = env
+    cat = ModelCatalog()
+    put(tree, "a", b"AAA", cat)
+    gate, entered = threading.Event(), threading.Event()
+    plan = {"calls": 0, "fail_call": None}
+
+    def apply(rf, mt):
+        if "/blocker" in rf:
+            entered.set()
+            gate.wait(10)
+        plan["calls"] += 1
+        if plan["calls"] == plan["fail_call"]:
+            raise Unavailable("injected: second update of the group")
+        return cat.apply(rf, mt)
+
+    results: dict[str, BaseException | None] = {}
+
+    def run(name, fn):
+        try:
+            fn()
+            results[name] = None
+        except BaseException as e:  # noqa: BLE001
+            results[name] = e
+
+    def move():
+        change = ChangeSet()
+        try:
+            tree.rename(change, "a", "b")
+            tree.commits.submit(change, apply)
+        finally:
+            change.release()
+
+    threads = [threading.Thread(target=run, args=("blocker", lambda: put_with(tree, "blocker", b"x", apply)))]
+    threads[0].start()
+    assert entered.wait(10)
+    threads.append(threading.Thread(target=run, args=("put", lambda: put_with(tree, "b", b"BBB", apply))))
+    threads[1].start()
+    wait_queued(tree, 1)
+    threads.append(threading.Thread(target=run, args=("move", move)))
+    threads[2].start()
+    wait_queued(tree, 2)
+    plan["fail_call"] = 3  # blocker = 1, the group's PUT = 2, its MOVE = 3
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results["blocker"] is None
+    assert results["put"] is None, results["put"]  # durable, so acknowledged
+    assert isinstance(results["move"], Unavailable)
+    files = {p for p, _ in parse_manifest(cat.text()).files()}
+    assert files == {"a", "b", "blocker"}  # the MOVE changed nothing: a is still there
+
+
+def put_with(tree: CollectionTree, path: str, data: bytes, apply) -> None:
+    w = tree.new_writer()
+    w.write(data)
+    segs = w.close()
+    change = ChangeSet()
+    try:
+        tree.put_file(change, path, segs)
+        tree.commits.submit(change, lambda rf, mt: apply(rf, mt))
+    finally:
+        change.release()
+
+
+def wait_queued(tree: CollectionTree, n: int) -> None:
+    """Wait until ``n`` changes wait behind the running commit."""
+    deadline = time.monotonic() + 10
+    while tree.commits.queued() < n:
+        assert time.monotonic() < deadline, "changes were not queued"
+        time.sleep(0.005)

@@ -132,6 +132,11 @@ class CommitQueue:
                 p.done = True
             self.groups += 1
 
+    def queued(self) -> int:
+        """How many changes wait for the next group (observability, tests)."""
+        with self._cond:
+            return len(self._queue)
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being committed."""
         with self._cond:
