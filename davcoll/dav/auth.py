@@ -22,6 +22,7 @@ from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
 from wsgidav.mw.base_mw import BaseMiddleware
 
 from ..storage.catalog import CatalogError
+from .context import context_of
 from .errors import HTTP_UNAUTHORIZED, dav_error
 
 log = logging.getLogger("davcoll.auth")
@@ -136,8 +137,9 @@ class TokenAuthenticator(BaseMiddleware):
         environ["wsgidav.auth.realm"] = self.realm
         environ["wsgidav.auth.roles"] = ["editor" if principal.can_write else "reader"]
         environ["wsgidav.auth.permissions"] = []
-        environ["davcoll.principal"] = principal
-        environ["davcoll.session"] = self.sessions.session(principal)
+        ctx = context_of(environ)
+        ctx.principal = principal
+        ctx.session = self.sessions.session(principal)
         cc = environ.get("HTTP_CACHE_CONTROL", "").lower()
-        environ["davcoll.no_cache"] = "no-cache" in cc or "must-revalidate" in cc
+        ctx.no_cache = "no-cache" in cc or "must-revalidate" in cc
         return self.next_app(environ, start_response)

@@ -32,6 +32,7 @@ from ..session import Session, parse_time, record_dict
 from ..storage.catalog import CatalogError, CollectionRecord
 from ..storage.catalog import NotFound as CatalogNotFound
 from .auth import path_token_width
+from .context import context_of
 from .copymove import copy_or_move
 from .errors import dav_error
 from .junk import JunkStore
@@ -120,7 +121,7 @@ class CollectionProvider(DAVProvider):
 
     @staticmethod
     def session(environ: dict) -> Session:
-        return environ["davcoll.session"]
+        return context_of(environ).session
 
     def reserved_name_reason(self, name: str) -> str | None:
         if name in RESERVED_TOP or name.startswith(("c=", "t=")):
@@ -146,7 +147,7 @@ class CollectionProvider(DAVProvider):
     def _open(self, environ: dict, ident: str) -> CollectionTree | None:
         # Session.open_tree serialises loads of one collection.
         try:
-            return self.session(environ).open_tree(ident, no_cache=environ.get("davcoll.no_cache", False))
+            return self.session(environ).open_tree(ident, no_cache=context_of(environ).no_cache)
         except CatalogNotFound:
             return None
         except (CatalogError, FsError) as e:
@@ -211,7 +212,7 @@ class CollectionProvider(DAVProvider):
     def get_resource_inst(self, path: str, environ: dict):
         if path is None:  # WsgiDAV asks for the parent of "/" (DELETE /)
             return None
-        cache = environ.setdefault("davcoll.res_cache", {})
+        cache = context_of(environ).resolved
         if path in cache:
             return cache[path]
         res = self._resolve(path, environ)
@@ -279,8 +280,8 @@ class CollectionProvider(DAVProvider):
         Only before the request changed anything: a request keeps using the
         tree its change set locked.
         """
-        change = environ.get("davcoll.change")
-        if change is not None and change.trees:
+        ctx = context_of(environ)
+        if ctx.has_change and ctx.change.trees:
             return None
         try:
             fresh = self.session(environ).revalidate_after_miss(loc.ident or "", tree)

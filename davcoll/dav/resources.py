@@ -35,6 +35,7 @@ from ..collection.segments import etag_of, size_of
 from ..collection.io import FileReader
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
+from .context import context_of
 from .errors import dav_error
 from .props import COLLECTION_NS, PROPS_NS, collection_props_get, is_xml_name
 
@@ -70,10 +71,7 @@ def href_of(res) -> str:
 
 def change_of(environ: dict) -> ChangeSet:
     """The request's change set (created on first use)."""
-    ch = environ.get("davcoll.change")
-    if ch is None:
-        ch = environ["davcoll.change"] = ChangeSet()
-    return ch
+    return context_of(environ).change
 
 def join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
@@ -86,7 +84,7 @@ class _Mixin:
     loc: "Location"
 
     def _session(self):
-        return self.environ["davcoll.session"]
+        return context_of(self.environ).session
 
     def _ref_key(self, inner: str | None = None) -> str:
         return self.provider.canonical_ref(self.loc, self.loc.inner if inner is None else inner)
@@ -95,7 +93,7 @@ class _Mixin:
         return dav_error(exc, **kw)
 
     def _forget_resolution(self) -> None:
-        self.environ.pop("davcoll.res_cache", None)
+        context_of(self.environ).forget_resolutions()
 
     # --- WsgiDAV entry points: every delete/copy/move is one native operation
 
@@ -197,7 +195,6 @@ class _Mixin:
                 self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
 
         change_of(environ).on_commit(side_stores)
-        environ["davcoll.created"] = not dest_exists
         self._forget_resolution()
 
     def _junk_copy(self, dst: "Location", *, move: bool) -> bool:
@@ -210,7 +207,6 @@ class _Mixin:
         created = prov.junk.put(dst.coll_key, dst.inner, entry.data)
         if move:
             prov.junk.delete(src.coll_key, src.inner)
-        self.environ["davcoll.created"] = created
         self._forget_resolution()
         return True
 
@@ -238,7 +234,6 @@ class _Mixin:
                 sess.copy_collection(src.tree.uuid, unicodedata.normalize("NFC", dst.name))
         except (CatalogError, FsError) as e:
             raise self._fail(e) from e
-        self.environ["davcoll.created"] = not dest_exists
         self._forget_resolution()
         return True
 
@@ -331,10 +326,10 @@ class TopResource(DAVCollection):
         if reason:
             raise DAVError(HTTP_FORBIDDEN, context_info=reason)
         try:
-            self.environ["davcoll.session"].create_collection(name)
+            context_of(self.environ).session.create_collection(name)
         except (CatalogError, FsError) as e:
             raise dav_error(e) from e
-        self.environ.pop("davcoll.res_cache", None)
+        context_of(self.environ).forget_resolutions()
 
     def create_empty_resource(self, name: str):
         raise DAVError(HTTP_FORBIDDEN, context_info="only folders (collections) can be created at the top level")
@@ -503,7 +498,7 @@ class DirResource(_Mixin, DAVCollection):
             if not dry_run:
                 # Only the keys the request names: the commit applies them to
                 # the properties stored *then* (no lost updates).
-                patch = self.environ.setdefault("davcoll.props_update", {}).setdefault(self.loc.tree, {})
+                patch = context_of(self.environ).props_patch.setdefault(self.loc.tree, {})
                 patch[key] = None if value is None else "".join(value.itertext())
             return True
         if self.loc.readonly_id:
@@ -714,7 +709,7 @@ class FileResource(_Mixin, DAVNonCollection):
         self.stat = Stat(False, size_of(segs), time.time(), etag_of(segs))
         # The ETag WsgiDAV sends is computed before the commit stores the
         # tail; the sync middleware recomputes it from the stored segments.
-        self.environ["davcoll.etag"] = lambda: etag_of(segs)
+        context_of(self.environ).etag = lambda: etag_of(segs)
         self._forget_resolution()
 
 class RecordResource(_Mixin, DAVNonCollection):

@@ -23,6 +23,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from ..collection.errors import FsError
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
+from .context import context_of
 from .errors import dav_error
 
 log = logging.getLogger("davcoll.sync")
@@ -55,28 +56,24 @@ class SyncMiddleware(BaseMiddleware):
             self._commit(environ)
         else:
             self._abandon(environ)
-        status_line = sub.status
-        if status == 204 and method in ("COPY", "MOVE") and environ.get("davcoll.created"):
-            status_line = "201 Created"  # native handlers always report 204
         headers = sub.response_headers
-        etag = environ.get("davcoll.etag")
+        etag = context_of(environ).etag
         if etag is not None and status < 300:
             # The stored form of the new content (see FileResource.end_write).
             headers = [(k, v) for k, v in headers if k.lower() != "etag"] + [("ETag", f'"{etag()}"')]
-        start_response(status_line, headers, sub.exc_info)
+        start_response(sub.status, headers, sub.exc_info)
         return [body]
 
     def _commit(self, environ: dict) -> None:
-        change = environ.get("davcoll.change")
-        props = environ.get("davcoll.props_update")
-        sess = environ.get("davcoll.session")
+        ctx = context_of(environ)
+        change = ctx.change if ctx.has_change else None
+        sess = ctx.session
         t0 = time.monotonic()
         try:
             if change is not None:
                 sess.commit(change)
-            if props:
-                for tree, patch in props.items():
-                    sess.patch_properties(tree, patch)
+            for tree, patch in ctx.props_patch.items():
+                sess.patch_properties(tree, patch)
         except (FsError, CatalogError, BlockStoreError) as e:
             log.warning("commit failed: %s", e)
             if self.metrics is not None:
@@ -92,8 +89,9 @@ class SyncMiddleware(BaseMiddleware):
 
     @staticmethod
     def _abandon(environ: dict) -> None:
-        change = environ.get("davcoll.change")
-        if change is not None:
+        ctx = context_of(environ)
+        if ctx.has_change:
+            change = ctx.change
             try:
                 change.rollback()
             finally:
