@@ -65,6 +65,7 @@ ACTIVE_TYPES = frozenset({
 SNIFFED_TYPES = frozenset({"", "unknown/unknown", "application/unknown", "*/*"})
 
 ROWS_PER_CHUNK = 256
+KEEP_RENDERED = 4 << 20  # a listing up to this size is rendered once
 
 DAVMOUNT_XML = (
     '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -130,12 +131,12 @@ def human_size(n: int | None) -> str:
         return "-"
     if n < 1024:
         return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
             return f"{value:.1f} {unit}"
-    return f"{n} B"  # pragma: no cover
+        value /= 1024
+    return f"{value:.1f} PiB"
 
 
 def format_time(ts: float | None) -> str:
@@ -148,14 +149,14 @@ def format_time(ts: float | None) -> str:
 
 
 def render_row(row: Row) -> str:
-    esc = html.escape
-    href = member_href(row.name, row.is_dir)
-    label = esc(row.label + ("/" if row.is_dir else ""))
-    size = "-" if row.is_dir else human_size(row.size)
-    return (
-        f'<tr class="{"d" if row.is_dir else "f"}"><td class="n"><a href="{esc(href)}">{label}</a></td>'
-        f'<td class="s">{esc(size)}</td><td class="m">{esc(format_time(row.mtime))}</td></tr>\n'
-    )
+    # Only the label needs escaping: the href is "./" plus quote(safe="")
+    # output ([A-Za-z0-9_.~%-]), size and time are digits and fixed words.
+    label = html.escape(row.label + ("/" if row.is_dir else ""))
+    if row.is_dir:
+        return (f'<tr class="d"><td class="n"><a href="./{quote(row.name, safe="")}/">{label}</a></td>'
+                f'<td class="s">-</td><td class="m">{format_time(row.mtime)}</td></tr>\n')
+    return (f'<tr class="f"><td class="n"><a href="./{quote(row.name, safe="")}">{label}</a></td>'
+            f'<td class="s">{human_size(row.size)}</td><td class="m">{format_time(row.mtime)}</td></tr>\n')
 
 
 class ListingPage:
@@ -176,19 +177,32 @@ class ListingPage:
             head.append(f'<tr class="d"><td class="n"><a href="{html.escape(parent_href)}">../</a></td>'
                         '<td class="s">-</td><td class="m"></td></tr>\n')
         self.head = "".join(head).encode()
+        self._kept: list[bytes] | None = None
         self.tail = (f"</tbody></table>\n<footer>{html.escape(trailer)}</footer>\n</body></html>\n").encode()
 
     def _row_chunks(self) -> Iterator[bytes]:
         rows = self.rows
         for i in range(0, len(rows), ROWS_PER_CHUNK):
-            yield "".join(render_row(r) for r in rows[i : i + ROWS_PER_CHUNK]).encode()
+            yield "".join([render_row(r) for r in rows[i : i + ROWS_PER_CHUNK]]).encode()
 
     def length(self) -> int:
-        return len(self.head) + len(self.tail) + sum(len(c) for c in self._row_chunks())
+        """The body's length.  The rendered rows are kept for ``chunks`` up
+        to KEEP_RENDERED bytes; a bigger page is rendered again instead."""
+        total = len(self.head) + len(self.tail)
+        kept: list[bytes] | None = []
+        for chunk in self._row_chunks():
+            total += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                if total > KEEP_RENDERED:
+                    kept = None
+        self._kept = kept
+        return total
 
     def chunks(self) -> Iterator[bytes]:
         yield self.head
-        yield from self._row_chunks()
+        kept, self._kept = self._kept, None
+        yield from (kept if kept is not None else self._row_chunks())
         yield self.tail
 
 
