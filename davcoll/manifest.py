@@ -259,13 +259,19 @@ def coalesce(segments: Iterable[Segment]) -> FileSegments:
 
 
 def _walk_file_sizes(d: Dir, prefix: str) -> Iterator[tuple[str, FileSegments]]:
-    for name in sorted(d):
-        v = d[name]
-        path = prefix + name
-        if type(v) is tuple:
-            yield path, v
+    """Files in sorted depth-first order.  An explicit stack of iterators,
+    not recursion: a tree may be nested deeper than Python's stack."""
+    stack: list[tuple[str, Iterator[tuple[str, Entry]]]] = [(prefix, iter(sorted(d.items())))]
+    while stack:
+        pre, it = stack[-1]
+        for name, v in it:
+            if type(v) is tuple:
+                yield pre + name, v
+            else:
+                stack.append((pre + name + "/", iter(sorted(v.items()))))
+                break
         else:
-            yield from _walk_file_sizes(v, path + "/")
+            stack.pop()
 
 
 class Manifest:
@@ -421,29 +427,37 @@ _JUST_TUPLE = {tuple}
 
 
 def _emit_dir(d: Dir, stream_name: str, out: list[str], strip: bool) -> None:
-    names = sorted(d)
-    if not names:
-        if stream_name != ".":
-            out.append(render_empty_dir(stream_name))
-        return
-    values = list(map(d.__getitem__, names))
-    if set(map(type, values)) == _JUST_TUPLE:
-        # Only files (the usual leaf directory): no need to sort out subdirs.
-        out.append(_render_line(stream_name, _escape_all(names), values, strip))
-        return
-    fnames: list[str] = []
-    fsegs: list[FileSegments] = []
-    subdirs: list[tuple[str, Dir]] = []
-    for ename, v in zip(_escape_all(names), values):
-        if type(v) is tuple:
-            fnames.append(ename)
-            fsegs.append(v)
-        else:
-            subdirs.append((ename, v))
-    if fnames:
-        out.append(_render_line(stream_name, fnames, fsegs, strip))
-    for ename, sub in subdirs:
-        _emit_dir(sub, f"{stream_name}/{ename}", out, strip)
+    """Append the lines of ``d`` and its subtree in normalized order.
+
+    Iterative (an explicit stack of directories still to emit): manifests
+    written by other clients can nest deeper than Python's recursion limit.
+    """
+    stack: list[tuple[Dir, str]] = [(d, stream_name)]
+    while stack:
+        d, stream_name = stack.pop()
+        names = sorted(d)
+        if not names:
+            if stream_name != ".":
+                out.append(render_empty_dir(stream_name))
+            continue
+        values = list(map(d.__getitem__, names))
+        if set(map(type, values)) == _JUST_TUPLE:
+            # Only files (the usual leaf directory): no need to sort out subdirs.
+            out.append(_render_line(stream_name, _escape_all(names), values, strip))
+            continue
+        fnames: list[str] = []
+        fsegs: list[FileSegments] = []
+        subdirs: list[tuple[Dir, str]] = []
+        for ename, v in zip(_escape_all(names), values):
+            if type(v) is tuple:
+                fnames.append(ename)
+                fsegs.append(v)
+            else:
+                subdirs.append((v, f"{stream_name}/{ename}"))
+        if fnames:
+            out.append(_render_line(stream_name, fnames, fsegs, strip))
+        subdirs.reverse()  # popped in sorted order
+        stack.extend(subdirs)
 
 
 # ---------------------------------------------------------------------------

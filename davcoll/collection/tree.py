@@ -236,20 +236,6 @@ class CollectionTree:
         self._line_ok[src] = verdict
         return verdict
 
-    def _emit_line(self, text: str, sname: str, out: list[str]) -> None:
-        """Append stored line ``text`` under stream name ``sname``.
-
-        A normalized manifest already spells the stream name our way, so
-        the line is appended as is (no copy); a directory that was moved or
-        copied gets its new name in front of the old line's body.
-        """
-        n = len(sname)
-        if text.startswith(sname) and text[n] == " ":
-            out.append(text)
-            out.append("\n")
-        else:
-            out.append(sname + text[text.index(" ") :] + "\n")
-
     def _walk(self, parts: list[str], resolved: list[str] | None = None) -> Any:
         """Entry at ``parts`` (DirNode or segment tuple); caller holds _lock.
 
@@ -501,15 +487,30 @@ class CollectionTree:
         change._ops.append(("delete", self, "/".join(resolved), None))
 
     def _copy_entry(self, entry: Any) -> Any:
-        """A structurally independent copy (segment tuples are shared)."""
+        """A structurally independent copy (segment tuples are shared).
+
+        Iterative: the subtree may be deeper than Python's recursion limit.
+        """
         if type(entry) is not DirNode:
             return entry
-        if entry.children is None:
-            return DirNode(src=entry.src)
-        # ``src`` goes along: a FROM_INDEX tail refers to the line of src.
-        new = DirNode(children={k: self._copy_entry(v) for k, v in entry.children.items()}, src=entry.src)
-        new.tail = entry.tail
-        return new
+
+        def clone(node: DirNode) -> DirNode:
+            if node.children is None:
+                return DirNode(src=node.src)
+            # ``src`` goes along: a FROM_INDEX tail refers to the line of src.
+            new = DirNode(children={}, src=node.src)
+            new.tail = node.tail
+            stack.append((node, new))
+            return new
+
+        stack: list[tuple[DirNode, DirNode]] = []
+        top = clone(entry)
+        while stack:
+            old, new = stack.pop()
+            out = new.children
+            for k, v in old.children.items():  # type: ignore[union-attr]
+                out[k] = clone(v) if type(v) is DirNode else v  # type: ignore[index]
+        return top
 
     def rename(self, change: "ChangeSet", src: str, dst: str, *, overwrite: bool = True) -> bool:
         """Move an entry (segment references only).  Returns True if dst was new."""
@@ -584,14 +585,34 @@ class CollectionTree:
         return existing is None
 
     def _materialize(self, node: DirNode) -> Dir:
-        """A fully loaded ``manifest.Dir`` copy of a subtree (caller holds _lock)."""
-        out = Dir()
-        for name, v in self._load(node).items():
-            out[name] = self._materialize(v) if type(v) is DirNode else v
-        return out
+        """A fully loaded ``manifest.Dir`` copy of a subtree (caller holds
+        _lock).  Iterative, like every walk here."""
+        top = Dir()
+        stack: list[tuple[DirNode, Dir]] = [(node, top)]
+        while stack:
+            n, out = stack.pop()
+            for name, v in self._load(n).items():
+                if type(v) is DirNode:
+                    sub = out[name] = Dir()
+                    stack.append((v, sub))
+                else:
+                    out[name] = v
+        return top
 
     def _from_dir(self, d: Dir) -> DirNode:
-        return DirNode(children={k: (self._from_dir(v) if isinstance(v, Dir) else v) for k, v in d.items()})
+        """A loaded DirNode subtree holding the content of ``d`` (iterative)."""
+        top = DirNode(children={})
+        stack: list[tuple[Dir, DirNode]] = [(d, top)]
+        while stack:
+            src, node = stack.pop()
+            ch = node.children
+            for k, v in src.items():
+                if isinstance(v, Dir):
+                    sub = ch[k] = DirNode(children={})  # type: ignore[index]
+                    stack.append((v, sub))
+                else:
+                    ch[k] = v  # type: ignore[index]
+        return top
 
     def truncate(self, change: "ChangeSet", path: str, size: int) -> None:
         """Shrink or grow (with zero bytes) a file.
@@ -665,69 +686,87 @@ class CollectionTree:
         Every segment must be stored (``ChangeSet.flush`` does that);
         otherwise ``segments.NotStored`` (a ValueError) is raised.
         """
-        out: list[str] = []
         with self._lock:
-            self._marshal_dir(self.root, ".", out, strip)
-        return "".join(out)
+            return "".join(self._marshal_iter(strip))
 
-    def _marshal_unloaded(self, src: str, sname: str, out: list[str]) -> bool:
-        """Emit an unloaded directory and its subtree from the stored lines.
+    def _marshal_iter(self, strip: bool, start: Any = None, defer: bool = False) -> Iterator[Any]:
+        """The pieces of the manifest text, in order (see ``marshal``).
 
-        Returns False (having emitted nothing) if this directory's own line
-        cannot be reused; a subdirectory that cannot is rendered from a
-        temporary load instead.
+        Iterative -- an explicit stack of directories still to emit -- since
+        trees written by other clients may nest deeper than Python's
+        recursion limit.  ``start`` is a ``_Deferred`` to render only that
+        unloaded subtree.  With ``defer``, an unloaded subtree that would
+        have to be parsed and rendered is yielded as a ``_Deferred`` instead
+        of its text (``record_body`` renders it later, without the lock,
+        from the immutable stream index).  Caller holds ``_lock``, except
+        when rendering a ``_Deferred`` (which touches no shared node).
         """
-        line = self._trusted_line(src)
-        if line is None:
-            return False
-        kids = self._index.children.get(src)
-        if line:
-            self._emit_line(line, sname, out)
-        elif not kids and sname != ".":
-            out.append(render_empty_dir(sname))
-        if kids:
-            prefix = src + "/" if src else ""
-            for sub in sorted(kids):
-                child = prefix + sub
-                csname = sname + "/" + escape_name(sub)
-                if not self._marshal_unloaded(child, csname, out):
-                    self._marshal_dir(DirNode(src=child), csname, out, False)
-        return True
-
-    def _marshal_dir(self, node: DirNode, sname: str, out: list[str], strip: bool) -> None:
-        ch = node.children
-        if ch is None:
-            if not strip and self._marshal_unloaded(node.src or "", sname, out):
-                return
-            # Render from a throwaway load: marshal must not keep it resident.
-            node = DirNode(src=node.src)
-            ch = self._load(node)
-        files = []
-        subdirs = []
-        for name in sorted(ch):
-            v = ch[name]
-            if type(v) is DirNode:
-                subdirs.append((name, v))
-            else:
-                files.append((name, v))
-        tail = None if strip else node.tail
-        if tail is FROM_INDEX:
-            self._emit_line(self._index.lines[node.src or ""][0][1], sname, out)
-        else:
-            if tail is None:
-                if files:
-                    line = render_stream(sname, [(n, resolve_all(s)) for n, s in files], strip=strip)
-                    tail = line[len(sname) :]
+        # Items: (node, sname), node None meaning "unloaded directory src".
+        stack: list[tuple[Any, str, str]] = (
+            [(self.root, "", ".")] if start is None else [(None, start.src, start.sname)]
+        )
+        while stack:
+            node, src, sname = stack.pop()
+            if node is not None and node.children is None:
+                node, src = None, node.src or ""
+            if node is None:
+                line = None if strip else self._trusted_line(src)
+                if line is None:
+                    if defer:
+                        yield _Deferred(src, sname)
+                        continue
+                    # Render from a throwaway load: marshal must not keep it resident.
+                    node = DirNode(src=src)
+                    self._load(node)
                 else:
-                    tail = ""
-                if not strip and all(is_stored(s) for _, s in files):
-                    node.tail = tail
-            if tail:
-                out.append(sname + tail)
-            elif not ch and sname != ".":
-                out.append(render_empty_dir(sname))
-        for name, sub in subdirs:
-            self._marshal_dir(sub, sname + "/" + escape_name(name), out, strip)
+                    kids = self._index.children.get(src)
+                    if line:
+                        n = len(sname)
+                        if line.startswith(sname) and line[n] == " ":
+                            yield line  # by reference: no copy of the stored line
+                            yield "\n"
+                        else:
+                            yield sname + line[line.index(" ") :] + "\n"
+                    elif not kids and sname != ".":
+                        yield render_empty_dir(sname)
+                    if kids:
+                        prefix = src + "/" if src else ""
+                        for sub in sorted(kids, reverse=True):
+                            stack.append((None, prefix + sub, sname + "/" + escape_name(sub)))
+                    continue
+            ch = node.children
+            files = []
+            subdirs = []
+            for name in sorted(ch):
+                v = ch[name]
+                if type(v) is DirNode:
+                    subdirs.append((name, v))
+                else:
+                    files.append((name, v))
+            tail = None if strip else node.tail
+            if tail is FROM_INDEX:
+                text = self._index.lines[node.src or ""][0][1]
+                n = len(sname)
+                if text.startswith(sname) and text[n] == " ":
+                    yield text
+                    yield "\n"
+                else:
+                    yield sname + text[text.index(" ") :] + "\n"
+            else:
+                if tail is None:
+                    if files:
+                        line = render_stream(sname, [(n, resolve_all(s)) for n, s in files], strip=strip)
+                        tail = line[len(sname) :]
+                    else:
+                        tail = ""
+                    if not strip and all(is_stored(s) for _, s in files):
+                        node.tail = tail
+                if tail:
+                    yield sname + tail
+                elif not ch and sname != ".":
+                    yield render_empty_dir(sname)
+            for name, sub in reversed(subdirs):
+                stack.append((sub, "", sname + "/" + escape_name(name)))
 
     def walk_files(self, path: str = "") -> Iterator[tuple[str, Segments]]:
         """Every file under ``path`` (loads the subtree)."""
@@ -744,13 +783,29 @@ class CollectionTree:
         yield from items
 
     def _materialize_items(self, node: DirNode, prefix: str) -> Iterator[tuple[str, Segments]]:
-        for name in sorted(self._load(node)):
-            v = node.children[name]  # type: ignore[index]
-            p = f"{prefix}/{name}" if prefix else name
-            if type(v) is DirNode:
-                yield from self._materialize_items(v, p)
-            else:
+        """Files of a subtree in sorted depth-first order (iterative)."""
+        stack: list[tuple[str, Iterator[str], DirNode]] = [(prefix, iter(sorted(self._load(node))), node)]
+        while stack:
+            pre, it, d = stack[-1]
+            for name in it:
+                v = d.children[name]  # type: ignore[index]
+                p = f"{pre}/{name}" if pre else name
+                if type(v) is DirNode:
+                    stack.append((p, iter(sorted(self._load(v))), v))
+                    break
                 yield p, v
+            else:
+                stack.pop()
+
+
+class _Deferred:
+    """An unloaded subtree whose text ``record_body`` renders on demand."""
+
+    __slots__ = ("src", "sname")
+
+    def __init__(self, src: str, sname: str) -> None:
+        self.src = src
+        self.sname = sname
 
 
 def _zero_segments(n: int, budget: ByteBudget) -> list[tuple]:
@@ -1094,7 +1149,15 @@ def _place_content(content: Dir, path: str, kind: str, arg: Any) -> None:
 
 
 def _resolve_dir(d: Dir) -> Dir:
-    out = Dir()
-    for k, v in d.items():
-        out[k] = _resolve_dir(v) if isinstance(v, Dir) else resolve_all(v)
-    return out
+    """A copy of ``d`` with every segment resolved to its locator (iterative)."""
+    top = Dir()
+    stack: list[tuple[Dir, Dir]] = [(d, top)]
+    while stack:
+        src, out = stack.pop()
+        for k, v in src.items():
+            if isinstance(v, Dir):
+                sub = out[k] = Dir()
+                stack.append((v, sub))
+            else:
+                out[k] = resolve_all(v)
+    return top
