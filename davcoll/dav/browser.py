@@ -11,8 +11,9 @@ page WsgiDAV.  Here every name is escaped for the context it lands in:
 * links: each path segment is percent-encoded with nothing left "safe"
   (``quote(seg, safe="")``, so ``: ; ? # % \\`` cannot change what the URL
   means) and a relative link always starts with ``./`` (a scheme such as
-  ``javascript:`` can never be read from it); the parent link is an absolute
-  path starting with a single ``/``.
+  ``javascript:`` can never be read from it); the parent link is ``./../``.
+  Relative links keep working behind a proxy that mounts davcoll under a
+  prefix, and never repeat a ``/t=<token>/`` path component into the page.
 
 All files are served on the same origin as the listing, so user content of
 an active type (HTML, SVG, XML, script) would run with the reader's
@@ -300,7 +301,7 @@ class DirectoryListing(BaseMiddleware):
         rows = self._rows(res)
         shown = redact(full_path if full_path.endswith("/") else full_path + "/")
         is_top = full_path.strip("/") == ""
-        parent = None if is_top else absolute_href(full_path.rstrip("/").rsplit("/", 1)[0])
+        parent = None if is_top else "./../"
         page = ListingPage(shown, parent, rows, self.trailer)
         headers = [
             ("Content-Type", "text/html; charset=utf-8"),
