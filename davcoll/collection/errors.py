@@ -39,6 +39,16 @@ class InvalidMove(FsError):
     """A directory cannot be moved or copied into itself (or onto itself)."""
 
 
+class OverwritesSource(FsError):
+    """A MOVE whose destination folder contains the source: overwriting
+    the destination would delete what is being moved (409)."""
+
+
+class Refused(FsError):
+    """The operation is not possible on this kind of place (e.g. a plain
+    file at the top level, where only collections live)."""
+
+
 class ReadOnly(FsError):
     """The tree is an immutable snapshot (addressed by PDH)."""
 
@@ -53,3 +63,13 @@ class CorruptManifest(FsError):
 
 class BusyError(FsError):
     """The collection's writer lock could not be taken in time."""
+
+
+class LimitExceeded(FsError):
+    """The change would grow the collection past a configured cap (entries
+    or manifest size, see ``limits.py``); nothing was changed (507)."""
+
+
+class TooDeep(FsError):
+    """The change would create a path nested deeper than ``max_depth``
+    levels inside the collection; nothing was changed (409)."""

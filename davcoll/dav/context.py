@@ -15,6 +15,7 @@ from ..collection import ChangeSet
 
 if TYPE_CHECKING:
     from ..collection import CollectionTree
+    from ..operations import Operations
     from ..session import Principal, Session
 
 CONTEXT_KEY = "davcoll.ctx"
@@ -38,6 +39,8 @@ class RequestContext:
     # Resources resolved in this request, by share-relative path: every URL
     # is resolved once, however often WsgiDAV asks.
     resolved: dict[str, Any] = field(default_factory=dict)
+    # The request's domain operations (dav/sidestores.py operations_of).
+    operations: "Operations | None" = None
 
     @property
     def change(self) -> ChangeSet:

@@ -39,7 +39,11 @@ _TABLE: list[tuple[type[BaseException], int, str]] = [
     (fs.AlreadyExists, HTTP_METHOD_NOT_ALLOWED, "already exists"),
     (fs.InvalidMove, HTTP_FORBIDDEN, "cannot move or copy a folder into itself"),
     (fs.ReadOnly, HTTP_METHOD_NOT_ALLOWED, "read-only"),
+    (fs.Refused, HTTP_FORBIDDEN, "not allowed here"),
+    (fs.OverwritesSource, HTTP_CONFLICT, "the destination folder contains the source"),
     (fs.BusyError, HTTP_SERVICE_UNAVAILABLE, "collection busy, try again"),
+    (fs.LimitExceeded, HTTP_INSUFFICIENT_STORAGE, "collection size limit reached"),
+    (fs.TooDeep, HTTP_CONFLICT, "folders nested too deep"),
     (fs.CorruptManifest, HTTP_BAD_GATEWAY, "the stored manifest is invalid"),
     (fs.StorageFailure, HTTP_BAD_GATEWAY, "block storage failed"),
     (bs.BlockStoreUnavailable, HTTP_SERVICE_UNAVAILABLE, "block storage unavailable"),
@@ -123,4 +127,33 @@ class DomainErrors(BaseMiddleware):
             raise dav_error(e) from None
 
 
-__all__ = ["DomainErrors", "dav_error", "status_of", "HTTP_PRECONDITION_FAILED", "HTTP_UNAUTHORIZED", "HTTP_SERVICE_UNAVAILABLE"]
+ERROR_NS = "urn:davcoll:error"
+
+
+class ReasonedError(DAVError):
+    """A refusal whose body is an RFC 4918 (16) ``<D:error>``: a davcoll
+    condition element plus the human reason.
+
+    WsgiDAV sends an HTML page for errors without a DAV condition, and its
+    conditions carry no text; WebDAV clients (Finder, Explorer, cadaver)
+    parse neither, so an XML body with the reason is the best they can
+    show or log.
+    """
+
+    def __init__(self, status: int, condition: str, reason: str) -> None:
+        super().__init__(status, context_info=reason)
+        self.condition = condition
+        self.reason = reason
+
+    def get_response_page(self):
+        from xml.sax.saxutils import escape
+
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>\n'
+            f'<D:error xmlns:D="DAV:" xmlns:dc="{ERROR_NS}">'
+            f"<dc:{self.condition}/><dc:reason>{escape(self.reason)}</dc:reason></D:error>\n"
+        )
+        return "application/xml; charset=utf-8", body.encode("utf-8")
+
+
+__all__ = ["DomainErrors", "ReasonedError", "ERROR_NS", "dav_error", "status_of", "HTTP_PRECONDITION_FAILED", "HTTP_UNAUTHORIZED", "HTTP_SERVICE_UNAVAILABLE"]

@@ -8,6 +8,13 @@ limit that counts names and a per-entry overhead as well as content, and by
 a number of entries (least recently used entries are forgotten first), but
 they never enter a collection.
 
+The top level (``/``) holds collections only, but Finder writes the
+AppleDouble companion of a folder it copies there (``/._Folder``) and aborts
+the copy if that fails.  Such names live under a per-principal key
+(``top_level_key``), never a collection's: every user sees their own ``/``
+(their own collections), so one user's ``._Photos`` must not show up in
+another user's listing.
+
 ``JunkStore._lock`` guards ``_items``, ``_dirs`` and ``_bytes``.
 """
 
@@ -26,6 +33,14 @@ DEFAULT_MAX_ENTRIES = 100_000
 # object, its etag string, the key tuple, OrderedDict and directory-index
 # slots (tracemalloc: ~440 B per entry in all, names included, on CPython 3.11).
 ENTRY_OVERHEAD = 400
+
+
+TOP_LEVEL_PREFIX = "/"  # collection keys are UUIDs/PDHs and never start with "/"
+
+
+def top_level_key(principal_id: str) -> str:
+    """The JunkStore collection key for metadata files at ``/`` of one principal."""
+    return TOP_LEVEL_PREFIX + principal_id
 
 
 class JunkPolicy:
@@ -123,6 +138,16 @@ class JunkStore:
             if not paths:
                 del self._dirs[(key[0], parent)]
         return old
+
+    def copy(self, src_coll: str, src_path: str, dst_coll: str, dst_path: str, *, move: bool) -> bool:
+        """Copy (or move) one entry; False if the source does not exist."""
+        entry = self.get(src_coll, src_path)
+        if entry is None:
+            return False
+        self.put(dst_coll, dst_path, entry.data)
+        if move:
+            self.delete(src_coll, src_path)
+        return True
 
     def delete(self, coll: str, path: str) -> bool:
         with self._lock:

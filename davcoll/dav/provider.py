@@ -16,6 +16,7 @@ environ because WsgiDAV asks for the same path several times.
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,14 +29,15 @@ from wsgidav.dav_provider import DAVProvider
 from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
 from ..collection.segments import etag_of, size_of
 from ..manifest import is_portable_data_hash
+from ..operations import Place
 from ..session import Session, parse_time, record_dict
 from ..storage.catalog import CatalogError, CollectionRecord
 from ..storage.catalog import NotFound as CatalogNotFound
 from .auth import path_token_width
 from .context import context_of
 from .copymove import copy_or_move
-from .errors import dav_error
-from .junk import JunkStore
+from .errors import ReasonedError, dav_error
+from .junk import JunkStore, top_level_key
 from .propfind import handle_propfind
 from .props import DeadPropertyManager
 
@@ -44,6 +46,9 @@ _PDH_DASH_RE = re.compile(r"([0-9a-f]{32})[- ]([0-9]+)")
 
 RESERVED_TOP = {"by_id", "_health", "_metrics", "_"}
 # Methods that change a resource (COPY is absent: a snapshot may be its source).
+# Canonical refs (locks, dead properties) of metadata files at "/": the
+# JunkStore key ("/<principal>") follows, then the name.
+TOP_JUNK_REF = "/_top"
 SNAPSHOT_REFUSED = frozenset({"PUT", "DELETE", "MKCOL", "MOVE", "PROPPATCH", "LOCK", "UNLOCK", "POST"})
 
 
@@ -63,7 +68,7 @@ def normalize_ident(ident: str) -> str | None:
 class Location:
     """Where a path points, resolved as far as it exists."""
 
-    kind: str  # "top" | "by_id" | "coll"
+    kind: str  # "top" | "by_id" | "coll" | "top_junk" (a metadata file at /; ident is its JunkStore key)
     ident: str | None = None
     inner: str = ""
     name: str = ""
@@ -109,6 +114,7 @@ class CollectionProvider(DAVProvider):
         self.junk = junk
         self._dead_props = prop_manager
         self.propfind_max_entries = propfind_max_entries  # Depth: infinity cap (dav/propfind.py)
+        self.started_at = time.time()  # the dates of /by_id/ (and of / with no collections)
 
     def set_prop_manager(self, prop_manager) -> None:
         # WsgiDAV passes its own (None unless configured); we always use ours.
@@ -137,8 +143,31 @@ class CollectionProvider(DAVProvider):
                 out.append(rec)
         return out
 
+    @staticmethod
+    def principal_id(environ: dict) -> str:
+        principal = context_of(environ).principal
+        return principal.user_id if principal is not None else "anonymous"
+
+    def place_of(self, loc: Location) -> Place:
+        """A resolved location as the operations layer's ``Place``."""
+        tree = loc.tree if loc.kind == "coll" else None
+        return Place(
+            tree=tree,
+            path=loc.inner,
+            ref=self.canonical_ref(loc, loc.inner) if tree is not None or loc.kind == "top_junk" else "",
+            coll_key=loc.coll_key,
+            name=loc.name,
+            top_level=loc.is_top_level,
+            is_top=loc.kind in ("top", "by_id"),
+            snapshot=loc.readonly_id,
+            junk=loc.junk or (tree is not None and loc.inner != "" and self.junk.is_junk(loc.name)),
+        )
+
     def canonical_ref(self, loc: Location, inner: str) -> str:
         """Key for locks and dead properties: the same whatever URL was used."""
+        if loc.kind == "top_junk":
+            # Per principal, like the JunkStore key (locks.py accepts /_top/ roots).
+            return quote(f"{TOP_JUNK_REF}{loc.ident}/{inner}")
         key = f"/by_id/{loc.coll_key}"
         if inner:
             key += "/" + inner
@@ -183,6 +212,10 @@ class CollectionProvider(DAVProvider):
                 # is found at once instead of 404/409 for a second.
                 rec = sess.find_collection(head, fresh=True)
             if rec is None and len(parts) == 1:
+                if self.junk.is_junk(head):
+                    # Finder's /._Folder (see junk.py): kept per principal.
+                    return Location(kind="top_junk", ident=top_level_key(self.principal_id(environ)),
+                                    inner=head, name=head, is_top_level=True, junk=True)
                 return Location(kind="coll", name=head, is_top_level=True)
             if rec is None:
                 return None
@@ -229,6 +262,9 @@ class CollectionProvider(DAVProvider):
             return TopResource(path, environ, loc)
         if loc.kind == "by_id":
             return ByIdResource(path, environ, loc)
+        if loc.kind == "top_junk":
+            entry = self.junk.get(loc.coll_key, loc.inner)
+            return JunkResource(path, environ, loc, entry) if entry is not None else None
         if loc.ident is None:
             return None
         if loc.inner == "":
@@ -331,6 +367,8 @@ class CollectionProvider(DAVProvider):
         # PROPPATCH would otherwise reach the lock and property managers).
         if method in SNAPSHOT_REFUSED and self.is_snapshot_path(environ.get("PATH_INFO", "")):
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot (PDH) is read-only")
+        if method in ("PUT", "MKCOL"):
+            self._check_collection_exists(environ)
         if method in ("COPY", "MOVE"):
             # Our own Destination parsing (see copymove.py); ``default_handler``
             # is a bound method of WsgiDAV's RequestServer, whose checks we reuse.
@@ -344,6 +382,23 @@ class CollectionProvider(DAVProvider):
         if environ.get("REQUEST_METHOD") == "PROPFIND":
             return handle_propfind(self, environ, start_response, default_handler)  # streamed multistatus
         return default_handler(environ, start_response)
+
+    def _check_collection_exists(self, environ: dict) -> None:
+        """409 naming the missing collection for PUT/MKCOL below ``/<name>/``.
+
+        WsgiDAV's own 409 ("PUT parent must be a collection") does not say
+        that the *collection* is missing, nor how to create it; a first-time
+        curl user PUTting into a collection they never made hits exactly this.
+        """
+        parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
+        parts = parts[path_token_width(parts):]
+        if len(parts) < 2 or parts[0] == "by_id" or self.reserved_name_reason(parts[0]) is not None:
+            return
+        sess = self.session(environ)
+        if sess.find_collection(parts[0]) is None and sess.find_collection(parts[0], fresh=True) is None:
+            name = parts[0]
+            raise ReasonedError(409, "collection-missing",
+                                f"collection '{name}' does not exist (create it with MKCOL /{name}/)")
 
     def _check_if_modified_since(self, environ: dict) -> None:
         """304 when Last-Modified equals If-Modified-Since (RFC 7232 3.3).

@@ -36,7 +36,10 @@ from ..collection.io import FileReader
 from ..storage.blocks import BlockStoreError
 from ..storage.catalog import CatalogError
 from .context import context_of
-from .errors import dav_error
+from .errors import ReasonedError, dav_error
+from .junk import top_level_key
+from .locks import lockdiscovery, lockroot_href
+from .sidestores import operations_of
 from .props import COLLECTION_NS, PROPS_NS, collection_props_get, is_xml_name
 
 if TYPE_CHECKING:
@@ -72,6 +75,15 @@ def href_of(res) -> str:
 def change_of(environ: dict) -> ChangeSet:
     """The request's change set (created on first use)."""
     return context_of(environ).change
+
+def top_level_refusal() -> ReasonedError:
+    """Why a plain file cannot be created at ``/`` (PUT, LOCK, COPY, MOVE),
+    as an RFC 4918 error body Finder/Explorer users can be shown."""
+    return ReasonedError(
+        HTTP_FORBIDDEN, "top-level-holds-collections-only",
+        "only collections (folders) live at the top level: create a folder here and put files in it, "
+        "or mount a single collection's URL (e.g. https://host:8080/<collection>/) to use its files directly",
+    )
 
 def join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
@@ -132,108 +144,45 @@ class _Mixin:
             etag = self.get_etag()  # type: ignore[attr-defined]
             if etag is not None:
                 return f'"{etag}"'
+        if name == "{DAV:}lockdiscovery" and self.provider.lock_manager is not None:
+            return lockdiscovery(self.provider.lock_manager, self._ref_key(), self._lockroot_href)
         return super().get_property_value(name)  # type: ignore[misc]
 
-    # --- native copy / move (single tree operations) -----------------------
+    def _lockroot_href(self, root: str) -> str:
+        """The lock root as the client named it (RFC 4918 14.12): from the
+        request URL when this is its LOCK (a refresh reports the lock root
+        resolved by its canonical key), else from this resource's URL."""
+        env = self.environ
+        if env.get("REQUEST_METHOD") == "LOCK":
+            req = self.provider.get_resource_inst(env.get("PATH_INFO", ""), env)
+            if req is not None:
+                href = lockroot_href(root, req.get_ref_url(), req.get_href())
+                if href is not None:
+                    return href
+        return lockroot_href(root, self._ref_key(), self.get_href()) or self.get_href()  # type: ignore[attr-defined]
+
+    # --- the operations layer does the work (one verb -> one operation) ----
+
+    def _ops(self):
+        return operations_of(self.provider, self.environ)
+
+    def place(self):
+        """This resource as the operations layer's ``Place``."""
+        return self.provider.place_of(self.loc)
 
     def _copy_or_move(self, dest_path: str, *, move: bool, recursive: bool = True) -> bool:
         prov = self.provider
         dst = prov.locate(dest_path, self.environ)
         if dst is None:
             raise DAVError(HTTP_BAD_REQUEST, context_info="invalid destination path")
-        src = self.loc
         dest_exists = prov.get_resource_inst(dest_path, self.environ) is not None
         try:
-            if src.is_collection_root and (dst.is_top_level or dst.kind == "top"):
-                return self._collection_level(dst, move=move, dest_exists=dest_exists)
-            if dst.tree is None or dst.is_collection_root:
-                raise DAVError(HTTP_FORBIDDEN, context_info="only folders (collections) can be created at the top level")
-            if src.tree is None:
-                raise DAVError(HTTP_FORBIDDEN, context_info="cannot copy or move this resource")
-            change = change_of(self.environ)
-            if src.junk or prov.junk.is_junk(dst.name):
-                return self._junk_copy(dst, move=move)
-            if src.tree is dst.tree:
-                if move and dst.inner and src.inner.startswith(dst.inner + "/"):
-                    # Overwriting the destination would delete the source.
-                    raise DAVError(HTTP_CONFLICT, context_info="the destination folder contains the source")
-                change.acquire(src.tree)
-                if move:
-                    src.tree.rename(change, src.inner, dst.inner, overwrite=True)
-                else:
-                    src.tree.copy(change, src.inner, dst.inner, overwrite=True, recursive=recursive)
+            if move:
+                self._ops().move(self.place(), prov.place_of(dst), dest_exists=dest_exists)
             else:
-                change.lock_trees(src.tree, dst.tree)
-                dst.tree.import_entry(change, src.tree, src.inner, dst.inner, overwrite=True, recursive=recursive)
-                if move:
-                    if src.is_collection_root:
-                        raise DAVError(HTTP_FORBIDDEN, context_info="move a collection to the top level to rename it")
-                    src.tree.remove(change, src.inner)
+                self._ops().copy(self.place(), prov.place_of(dst), recursive=recursive, dest_exists=dest_exists)
         except (FsError, CatalogError, BlockStoreError) as e:
             raise self._fail(e, already_exists=HTTP_PRECONDITION_FAILED) from e
-        self._after_copy_move(dst, move=move, dest_exists=dest_exists)
-        return True
-
-    def _after_copy_move(self, dst: "Location", *, move: bool, dest_exists: bool) -> None:
-        """Dead properties and locks follow the data -- once it is committed
-        (a failed request leaves the side stores as they were)."""
-        prov = self.provider
-        src_ref = self._ref_key()
-        dst_ref = prov.canonical_ref(dst, dst.inner)
-        props = prov.prop_manager
-        environ = self.environ
-
-        def side_stores() -> None:
-            if props is not None:
-                if dest_exists:
-                    props.remove_tree(dst_ref)
-                if move:
-                    props.move_properties(src_ref, dst_ref, with_children=True, environ=environ)
-                else:
-                    props.copy_properties(src_ref, dst_ref, environ)
-            if move:
-                self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
-
-        change_of(environ).on_commit(side_stores)
-        self._forget_resolution()
-
-    def _junk_copy(self, dst: "Location", *, move: bool) -> bool:
-        """Copy/move between system metadata names (kept in memory only)."""
-        prov = self.provider
-        src = self.loc
-        entry = prov.junk.get(src.coll_key, src.inner) if src.junk else None
-        if entry is None or not prov.junk.is_junk(dst.name):
-            raise DAVError(HTTP_FORBIDDEN, context_info="system metadata files cannot become regular files or vice versa")
-        created = prov.junk.put(dst.coll_key, dst.inner, entry.data)
-        if move:
-            prov.junk.delete(src.coll_key, src.inner)
-        self._forget_resolution()
-        return True
-
-    def _collection_level(self, dst: "Location", *, move: bool, dest_exists: bool) -> bool:
-        """MOVE /a/ → /b/ renames a collection; COPY makes a new one."""
-        sess = self._session()
-        src = self.loc
-        if not dst.is_top_level:
-            raise DAVError(HTTP_FORBIDDEN, context_info="collections can only be moved or copied at the top level")
-        if src.readonly_id:
-            raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="collection snapshot is read-only")
-        if dest_exists and dst.tree is not None and dst.tree.uuid == (src.tree.uuid if src.tree else None):
-            raise DAVError(HTTP_FORBIDDEN, context_info="source and destination are the same")
-        reason = self.provider.reserved_name_reason(dst.name)
-        if reason:
-            raise DAVError(HTTP_FORBIDDEN, context_info=reason)
-        assert src.tree is not None
-        try:
-            target = sess.find_collection(dst.name, fresh=True) if dest_exists else None
-            if target is not None:
-                sess.replace_collection(src.tree.uuid, target.uuid, move=move)
-            elif move:
-                sess.rename_collection(src.tree.uuid, unicodedata.normalize("NFC", dst.name))
-            else:
-                sess.copy_collection(src.tree.uuid, unicodedata.normalize("NFC", dst.name))
-        except (CatalogError, FsError) as e:
-            raise self._fail(e) from e
         self._forget_resolution()
         return True
 
@@ -251,33 +200,11 @@ class _Mixin:
             )
 
     def _delete(self) -> bool:
-        prov = self.provider
-        loc = self.loc
         self._check_locks()
         try:
-            if loc.is_collection_root:
-                if loc.readonly_id or loc.tree is None:
-                    raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="read-only")
-                self._session().trash_collection(loc.tree.uuid)
-                prov.junk.drop_tree(loc.coll_key)
-            elif loc.junk:
-                prov.junk.delete(loc.coll_key, loc.inner)
-            else:
-                assert loc.tree is not None
-                change = change_of(self.environ)
-                loc.tree.remove(change, loc.inner)
-                coll_key, inner = loc.coll_key, loc.inner
-                change.on_commit(lambda: prov.junk.drop_tree(coll_key, inner))
+            self._ops().delete(self.place())
         except (FsError, CatalogError) as e:
             raise self._fail(e) from e
-        props, ref = prov.prop_manager, self._ref_key()
-
-        def side_stores() -> None:
-            if props is not None:
-                props.remove_tree(ref)
-            self.remove_all_locks(recursive=True)  # type: ignore[attr-defined]
-
-        change_of(self.environ).on_commit(side_stores)
         self._forget_resolution()
         return True
 
@@ -296,8 +223,12 @@ class TopResource(DAVCollection):
     def get_display_name(self) -> str:
         return ""
 
+    def _junk_key(self) -> str:
+        return top_level_key(self.provider.principal_id(self.environ))
+
     def get_member_names(self) -> list[str]:
-        return [r.name for r in self.provider.visible_collections(self.environ)]
+        names = [r.name for r in self.provider.visible_collections(self.environ)]
+        return names + self.provider.junk.names_in(self._junk_key(), "")
 
     def get_member(self, name: str):
         return self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
@@ -308,16 +239,33 @@ class TopResource(DAVCollection):
             res = self.provider.collection_root_from_record(self.path, rec, self.environ)
             if res is not None:
                 out.append(res)
+        for name in self.provider.junk.names_in(self._junk_key(), ""):
+            res = self.get_member(name)  # Finder's /._Folder files (see junk.py)
+            if res is not None:
+                out.append(res)
         return out
 
     def get_last_modified(self):
-        return None
+        """The newest collection's modification time (server start without any)."""
+        from ..session import parse_time
+
+        times = [r.modified_at for r in self.provider.visible_collections(self.environ) if r.modified_at]
+        return max(parse_time(t) for t in times) if times else self.provider.started_at
+
+    def get_creation_date(self):
+        """The oldest collection's creation time (server start without any)."""
+        from ..session import parse_time
+
+        times = [r.created_at for r in self.provider.visible_collections(self.environ) if r.created_at]
+        return min(parse_time(t) for t in times) if times else self.provider.started_at
 
     def get_available_bytes(self):
         return QUOTA_AVAILABLE
 
     def get_used_bytes(self):
-        return None
+        """0: the sum would read every collection's manifest (RFC 4331 wants
+        a number; clients only show it)."""
+        return 0
 
     def create_collection(self, name: str):
         prov = self.provider
@@ -325,14 +273,21 @@ class TopResource(DAVCollection):
         reason = prov.reserved_name_reason(name)
         if reason:
             raise DAVError(HTTP_FORBIDDEN, context_info=reason)
+        if prov.junk.is_junk(name):
+            raise DAVError(HTTP_FORBIDDEN, context_info="system metadata names cannot be folders")
         try:
-            context_of(self.environ).session.create_collection(name)
+            operations_of(prov, self.environ).create_collection(name)
         except (CatalogError, FsError) as e:
             raise dav_error(e) from e
         context_of(self.environ).forget_resolutions()
 
     def create_empty_resource(self, name: str):
-        raise DAVError(HTTP_FORBIDDEN, context_info="only folders (collections) can be created at the top level")
+        prov = self.provider
+        path = util.join_uri(self.path, name)
+        loc = prov.locate(path, self.environ) if prov.junk.is_junk(name) else None
+        if loc is not None and loc.kind == "top_junk":
+            return JunkResource(path, self.environ, loc, None)
+        raise top_level_refusal()
 
     def delete(self):
         raise DAVError(HTTP_FORBIDDEN, context_info="cannot delete the top level")
@@ -369,7 +324,16 @@ class ByIdResource(DAVCollection):
         return []
 
     def get_last_modified(self):
-        return None
+        return self.provider.started_at  # lists nothing: nothing newer to report
+
+    def get_creation_date(self):
+        return self.provider.started_at
+
+    def get_available_bytes(self):
+        return QUOTA_AVAILABLE
+
+    def get_used_bytes(self):
+        return 0  # lists nothing
 
     def create_collection(self, name: str):
         raise DAVError(HTTP_METHOD_NOT_ALLOWED, context_info="/by_id is read-only")
@@ -409,7 +373,14 @@ class DirResource(_Mixin, DAVCollection):
         return self.stat.mtime
 
     def get_creation_date(self):
-        return None
+        """A collection root's creation time when the listing carried it;
+        else the modification time (manifests keep no creation times)."""
+        rec = self.loc.record if self.loc.is_collection_root else None
+        if rec and rec.get("created_at"):
+            from ..session import parse_time
+
+            return parse_time(rec["created_at"])
+        return self.stat.mtime
 
     def get_etag(self):
         return None
@@ -421,7 +392,10 @@ class DirResource(_Mixin, DAVCollection):
         return QUOTA_AVAILABLE
 
     def get_used_bytes(self):
-        return None
+        """0: the sum of a folder's sizes walks everything below it, for
+        every folder of a listing (RFC 4331 wants a number; clients only
+        show it, and the free space is what they check)."""
+        return 0
 
     def get_member_names(self) -> list[str]:
         assert self.loc.tree is not None
@@ -532,11 +506,10 @@ class DirResource(_Mixin, DAVCollection):
         return FileResource(util.join_uri(self.path, name), self.environ, child, None, None)
 
     def create_collection(self, name: str):
-        assert self.loc.tree is not None
-        if self.provider.junk.is_junk(name):
-            raise DAVError(HTTP_FORBIDDEN, context_info="system metadata names cannot be folders")
+        child = self.loc.child(name)
+        child.junk = self.provider.junk.is_junk(name)
         try:
-            self.loc.tree.mkdir(change_of(self.environ), join(self.loc.inner, name))
+            self._ops().mkdir(self.provider.place_of(child))
         except FsError as e:
             raise self._fail(e) from e
         self._forget_resolution()
@@ -639,7 +612,16 @@ class FileResource(_Mixin, DAVNonCollection):
         return content_type_for(self.loc.name)
 
     def get_creation_date(self):
-        return None
+        # Manifests keep no per-file times: the last modification is the
+        # best known (getlastmodified too; Windows' own times are dead
+        # properties, see build_app's hotfixes).
+        return self.get_last_modified()
+
+    def get_used_bytes(self):
+        return self.get_content_length()
+
+    def get_available_bytes(self):
+        return QUOTA_AVAILABLE
 
     def get_etag(self):
         if self._segs is not None:
@@ -701,7 +683,7 @@ class FileResource(_Mixin, DAVNonCollection):
             # The last partial block stays buffered: the commit stores it,
             # packed together with other small files committed with it.
             segs = writer.close()
-            tree.put_file(change_of(self.environ), self.loc.inner, segs)
+            self._ops().put(self.place(), segs)
         except (FsError, BlockStoreError) as e:
             writer.abort()
             raise self._fail(e) from e
@@ -741,6 +723,9 @@ class RecordResource(_Mixin, DAVNonCollection):
     def get_last_modified(self):
         assert self.loc.tree is not None
         return self.loc.tree.mtime
+
+    def get_creation_date(self):
+        return self.get_last_modified()
 
     def support_ranges(self):
         return True
@@ -790,6 +775,15 @@ class JunkResource(_Mixin, DAVNonCollection):
 
     def get_last_modified(self):
         return self.entry.mtime if self.entry else time.time()
+
+    def get_creation_date(self):
+        return self.get_last_modified()
+
+    def get_used_bytes(self):
+        return self.get_content_length()
+
+    def get_available_bytes(self):
+        return QUOTA_AVAILABLE
 
     def support_ranges(self):
         return True
