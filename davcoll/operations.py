@@ -146,6 +146,10 @@ class Operations:
         self._copy_or_move(src, dst, move=True, recursive=True, dest_exists=dest_exists)
 
     def _copy_or_move(self, src: Place, dst: Place, *, move: bool, recursive: bool, dest_exists: bool) -> None:
+        if src.junk or dst.junk:
+            # Metadata names, in a collection or at the top level: junk <-> junk only.
+            self._junk_copy(src, dst, move=move, dest_exists=dest_exists)
+            return
         if src.is_collection_root and (dst.top_level or dst.is_top):
             self._collection_level(src, dst, move=move, dest_exists=dest_exists)
             return
@@ -153,9 +157,6 @@ class Operations:
             raise Refused("only folders (collections) can be created at the top level")
         if src.tree is None:
             raise Refused("cannot copy or move this resource")
-        if src.junk or self.sides.junk.is_junk(dst.name):
-            self._junk_copy(src, dst, move=move)
-            return
         if move and src.snapshot:
             raise ReadOnly("collection snapshot is read-only")
         change = self.change
@@ -192,13 +193,15 @@ class Operations:
 
         self.change.on_commit(side_stores)
 
-    def _junk_copy(self, src: Place, dst: Place, *, move: bool) -> None:
-        """Copy/move between metadata names (kept in memory, never stored)."""
+    def _junk_copy(self, src: Place, dst: Place, *, move: bool, dest_exists: bool) -> None:
+        """Copy/move between metadata names (kept in memory, never stored);
+        their dead properties (Windows' Win32* times) follow them."""
         junk = self.sides.junk
-        if not (src.junk and junk.is_junk(dst.name)):
+        if not (src.junk and dst.junk):
             raise Refused("system metadata files cannot become regular files or vice versa")
         if not junk.copy(src.coll_key, src.path, dst.coll_key, dst.path, move=move):
             raise Refused("no such metadata file")
+        self._side_stores_follow(src, dst, move=move, dest_exists=dest_exists)
 
     def _collection_level(self, src: Place, dst: Place, *, move: bool, dest_exists: bool) -> None:
         """MOVE /a/ -> /b/ renames a collection; COPY makes a new one.  Onto

@@ -25,8 +25,13 @@ the store's ``exclusive()`` section.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
+from urllib.parse import unquote
+
+from lxml import etree
+from wsgidav import xml_tools
 
 from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
@@ -50,9 +55,60 @@ class LockLimits:
 
 
 def is_lockable_root(url: str) -> bool:
-    """Whether a lock root names collection content (not a virtual folder)."""
+    """Whether a lock root names collection content (not a virtual folder),
+    or a metadata file at the top level (``/_top/<principal>/<name>``, see
+    ``CollectionProvider.canonical_ref``: Finder locks ``/._Folder``)."""
     parts = [p for p in url.split("/") if p]
-    return len(parts) >= 2 and parts[0] == "by_id"
+    return (len(parts) >= 2 and parts[0] == "by_id") or (len(parts) >= 3 and parts[0] == "_top")
+
+
+def lockroot_href(root: str, ref: str, href: str) -> str | None:
+    """The client's URL for lock root ``root`` (a canonical key), given a
+    resource at or below it: its canonical key ``ref`` and the URL ``href``
+    the client named it by (as in listings).  None if ``ref`` is not at or
+    below ``root``.
+
+    Locks are stored under canonical keys so that every URL of a resource
+    (``/name/…``, ``/by_id/<uuid>/…``, ``/c=<uuid>/…``) sees the same
+    locks; RFC 4918 14.12 wants the reported lockroot to be the URL that
+    was locked, which only the request knows.
+    """
+    root_parts = [p for p in unquote(root).split("/") if p]
+    own_parts = [p for p in unquote(ref).split("/") if p]
+    if own_parts[: len(root_parts)] != root_parts:
+        return None
+    below = len(own_parts) - len(root_parts)
+    if below == 0:
+        return href
+    kept = href.rstrip("/").split("/")[:-below]
+    return "/".join(kept) + "/"  # an ancestor is a folder
+
+
+def lockdiscovery(manager: LockManager, ref: str, root_href: Callable[[str], str]) -> etree._Element:
+    """``DAV:lockdiscovery`` of the resource keyed ``ref`` (its own locks,
+    as WsgiDAV reports them), with each lockroot from ``root_href(root)``.
+
+    WsgiDAV's version resolved each lock root back to a resource and
+    reported that resource's canonical ``/by_id/…`` URL (and failed with a
+    500 when the root no longer resolved, e.g. a lock on a metadata file
+    that was never written).
+    """
+    el = etree.Element("{DAV:}lockdiscovery")
+    for lock in manager.get_url_lock_list(ref):
+        active = etree.SubElement(el, "{DAV:}activelock")
+        etree.SubElement(etree.SubElement(active, "{DAV:}locktype"), "{DAV:}" + lock["type"])
+        etree.SubElement(etree.SubElement(active, "{DAV:}lockscope"), "{DAV:}" + lock["scope"])
+        etree.SubElement(active, "{DAV:}depth").text = lock["depth"]
+        if lock["owner"]:
+            active.append(xml_tools.string_to_xml(lock["owner"]))
+        if lock["timeout"] < 0:
+            timeout = "Infinite"
+        else:
+            timeout = "Second-" + str(max(0, int(lock["expire"] - time.time())))
+        etree.SubElement(active, "{DAV:}timeout").text = timeout
+        etree.SubElement(etree.SubElement(active, "{DAV:}locktoken"), "{DAV:}href").text = lock["token"]
+        etree.SubElement(etree.SubElement(active, "{DAV:}lockroot"), "{DAV:}href").text = root_href(lock["root"])
+    return el
 
 
 class _MappedStore:

@@ -223,7 +223,7 @@ class CollectionProvider(DAVProvider):
             rest = parts[1:]
             top = len(parts) == 1
             if top:
-                loc = Location(kind="coll", ident=ident, name=head, is_top_level=True, record=record_dict(rec))
+                loc = Location(kind="coll", ident=ident, name=head, is_top_level=True, record=_listed(rec))
                 loc._loader = lambda: self._open(environ, ident)
                 return loc
         if ident is None:
@@ -330,7 +330,7 @@ class CollectionProvider(DAVProvider):
         from .resources import DirResource
 
         ident = rec.uuid
-        loc = Location(kind="coll", ident=ident, name=rec.name, is_top_level=True, record=record_dict(rec))
+        loc = Location(kind="coll", ident=ident, name=rec.name, is_top_level=True, record=_listed(rec))
         loc._loader = lambda: self._open(environ, ident)
         path = parent_path.rstrip("/") + "/" + rec.name
         return DirResource(path, environ, loc, Stat(True, 0, parse_time(rec.modified_at), None))
@@ -421,6 +421,11 @@ class CollectionProvider(DAVProvider):
             return
         if int(res.get_last_modified()) <= since:
             raise DAVError(HTTP_NOT_MODIFIED)
+
+
+def _listed(rec: CollectionRecord) -> dict[str, Any]:
+    """A record as listings show it, with its creation time (creationdate)."""
+    return {**record_dict(rec), "created_at": rec.created_at}
 
 
 def _mtime(tree: CollectionTree, inner: str) -> float:

@@ -176,6 +176,8 @@ class _Mixin:
         if dst is None:
             raise DAVError(HTTP_BAD_REQUEST, context_info="invalid destination path")
         dest_exists = prov.get_resource_inst(dest_path, self.environ) is not None
+        if dst.kind == "coll" and dst.is_top_level and not (self.loc.is_collection_root or self.loc.junk):
+            raise top_level_refusal()
         try:
             if move:
                 self._ops().move(self.place(), prov.place_of(dst), dest_exists=dest_exists)
