@@ -123,7 +123,11 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
         "block_size": BLOCK_SIZE,
         "verbose": 1,
         "logging": {"enable": False},
-        "hotfixes": {"emulate_win32_lastmod": True, "re_encode_path_info": True},
+        # emulate_win32_lastmod off: Windows' Win32LastModifiedTime/CreationTime/
+        # FileAttributes (PROPPATCHed after every copy) are then ordinary dead
+        # properties, stored and moved/copied/deleted with their file; with it
+        # on, WsgiDAV answered 200 and dropped them.
+        "hotfixes": {"emulate_win32_lastmod": False, "re_encode_path_info": True},
         "dir_browser": {
             "enable": True,
             "ignore": list(cfg.junk_patterns),
