@@ -6,10 +6,11 @@ collection trees; every write request ends in ``Session.commit``, which
 stores buffered data, sends the delta to the catalog and only then lets the
 response go out.
 
-Locks: ``TreeCache._lock`` guards the cache's dict and byte count (never held
+Locks (their place in the process-wide order: ``collection/locking.py``):
+``TreeCache._lock`` guards the cache's dict and byte count (never held
 during catalog calls).  ``Session._list_lock`` guards the short-lived
-listing memo.  Tree and change-set locks are described in
-``collection/tree.py``; ``commit`` runs with the change's writer locks held.
+listing memo.  ``SessionManager._open_locks`` serialise loading one
+collection.  ``commit`` runs with the change's writer locks held.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
+from .collection.locking import caller_holds
 from .collection.names import find_spelling
 from .manifest import is_portable_data_hash
 from .storage.blocks import BlockStore
@@ -278,6 +280,7 @@ class Session:
             return self._open_locked(key, ident, no_cache)
 
     def _open_locked(self, key: tuple, ident: str, no_cache: bool) -> CollectionTree:
+        caller_holds(self.manager.open_lock(key), "the collection's open lock")
         cached = self.manager.trees.get(key)
         pdh = is_portable_data_hash(ident)
         now = time.monotonic()
@@ -310,6 +313,7 @@ class Session:
 
     def _reload(self, key: tuple, ident: str, now: float) -> CollectionTree:
         """Fetch and cache a fresh tree (caller holds the open lock)."""
+        caller_holds(self.manager.open_lock(key), "the collection's open lock")
         rec = self.catalog.get(ident, with_manifest=True)
         tree = self._build_tree(rec, readonly=is_portable_data_hash(ident))
         text_len = len(rec.manifest_text or "")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import pytest
+
+# Functions that require a lock check that their caller holds it
+# (davcoll/collection/locking.py); set before davcoll is imported.
+os.environ.setdefault("DAVCOLL_DEBUG_LOCKS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # Copied into the repository (provenance in its README) so a plain clone runs the suite.

@@ -1,7 +1,10 @@
 """The collection filesystem: an in-memory tree over a manifest.
 
 It knows nothing of HTTP or WsgiDAV and talks to blocks only through the
-``BlockStore`` interface.  See ``tree.py`` for the model and lock order.
+``BlockStore`` interface.  ``tree.py`` describes the model; ``locking.py``
+is the lock-order document for the whole process (every lock, the order in
+which they nest, and a debug-mode check that callers hold what a function
+requires).
 """
 
 from .buffers import BufferBlock, ByteBudget, Flusher
