@@ -18,7 +18,9 @@ from urllib.parse import quote, unquote, urlparse
 import pytest
 import requests
 
+from davcoll.backends import ArvadosBackend
 from davcoll.manifest import escape_name
+from davcoll.testing.fake_arvados import FakeArvados
 from server_util import running_server
 
 FRESH = {"Cache-Control": "no-cache"}
@@ -26,32 +28,61 @@ NFC_E = "\u00e9"  # é as one code point
 NFD_E = "e\u0301"  # e + combining acute
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("safety") / "data", anonymous="write") as s:
-        yield s
+class Server:
+    """A running server on one backend, an authenticated HTTP session for
+    it, and direct access to its catalog (to act as another client)."""
+
+    def __init__(self, running, http: requests.Session, catalog, store_block, set_manifest) -> None:
+        self.running, self.http, self.catalog = running, http, catalog
+        self.url = running.url
+        self.store_block, self.set_manifest = store_block, set_manifest
+
+    def u(self, path: str = "") -> str:
+        return self.running.u(path)
+
+
+@pytest.fixture(scope="module", params=["embedded", "arvados"])
+def srv(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("safety-" + request.param)
+    if request.param == "embedded":
+        with running_server(tmp / "data", anonymous="write") as s:
+            backend = s.app.backend
+
+            def set_manifest(uuid: str, text: str) -> None:
+                backend.catalog_.update(uuid, manifest_text=text)
+
+            yield Server(s, requests.Session(), backend.catalog_, backend.blocks.put, set_manifest)
+        return
+    with FakeArvados(keepstores=1, seed=5) as fake:
+        token = fake.add_user("safety")
+        backend = ArvadosBackend(fake.api_url, data_dir=tmp / "data")
+        with running_server(tmp / "data", backend_impl=backend) as s:
+            http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {token}"
+            yield Server(s, http, backend.catalog(backend.authenticate(token)), fake.store_block,
+                         fake.set_manifest_raw)
 
 
 @pytest.fixture
 def coll(srv):
     name = "s-" + uuidlib.uuid4().hex[:10]
-    assert requests.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
+    assert srv.http.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
     return name
 
 
 def put(srv, path: str, data: bytes) -> requests.Response:
-    return requests.put(srv.u(path), data=data, timeout=30)
+    return srv.http.put(srv.u(path), data=data, timeout=30)
 
 
 def get(srv, path: str) -> requests.Response:
-    return requests.get(srv.u(path), headers=FRESH, timeout=30)
+    return srv.http.get(srv.u(path), headers=FRESH, timeout=30)
 
 
 def req(srv, method: str, path: str, dest: str | None = None, **headers) -> requests.Response:
     h = dict(headers)
     if dest is not None:
         h["Destination"] = dest if dest.startswith("http") else srv.url + dest.lstrip("/")
-    return requests.request(method, srv.u(path), headers=h, timeout=30)
+    return srv.http.request(method, srv.u(path), headers=h, timeout=30)
 
 
 def raw(srv, request: bytes) -> tuple[int, bytes]:
@@ -71,24 +102,22 @@ def raw(srv, request: bytes) -> tuple[int, bytes]:
 
 def listing(srv, path: str, depth: str = "1") -> list[str]:
     """Hrefs of a PROPFIND, as the server wrote them."""
-    r = requests.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
+    r = srv.http.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
     assert r.status_code == 207, r.text
     root = ET.fromstring(r.content)
     return [e.text or "" for e in root.iter("{DAV:}href")]
 
 
 def catalog(srv):
-    return srv.app.backend.catalog_
+    return srv.catalog
 
 
 def write_names_behind_our_back(srv, coll: str, files: dict[str, bytes]) -> None:
     """Replace a collection's content through the catalog (another writer)."""
-    cat = catalog(srv)
-    blocks = srv.app.backend.blocks
     by_dir: dict[str, list[tuple[str, str, int]]] = {}
     for path, data in files.items():
         d, _, name = path.rpartition("/")
-        loc = blocks.put(data)
+        loc = srv.store_block(data)
         by_dir.setdefault(d, []).append((name, loc, len(data)))
     lines = []
     for d in sorted(by_dir):
@@ -99,8 +128,8 @@ def write_names_behind_our_back(srv, coll: str, files: dict[str, bytes]) -> None
             toks.append(f"{pos}:{n}:{escape_name(name)}")
             pos += n
         lines.append(f"{stream} {' '.join(locs)} {' '.join(toks)}\n")
-    rec = cat.find_by_name(coll)
-    cat.update(rec.uuid, manifest_text="".join(lines))
+    rec = catalog(srv).find_by_name(coll)
+    srv.set_manifest(rec.uuid, "".join(lines))
 
 
 # ---------------------------------------------------------------- Destination
@@ -173,7 +202,7 @@ def test_listing_hrefs_round_trip_as_destinations(srv, coll):
     assert len(hrefs) == len(NAMES)
     for h in hrefs:
         dest = h.replace("/src/", "/dst/")
-        r = requests.request("COPY", srv.url.rstrip("/") + h, headers={"Destination": srv.url.rstrip("/") + dest},
+        r = srv.http.request("COPY", srv.url.rstrip("/") + h, headers={"Destination": srv.url.rstrip("/") + dest},
                              timeout=30)
         assert r.status_code == 201, (h, r.text)
     got = sorted(unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/dst/")[1:])
@@ -191,7 +220,7 @@ def test_reserved_top_level_names_refused_as_destinations(srv, coll, reserved, m
     assert r.status_code in (403, 409), r.text
     assert catalog(srv).find_by_name(reserved) is None
     assert get(srv, f"{coll}/f.txt").content == b"F"
-    assert requests.get(srv.u("_health"), timeout=10).json()["status"] == "ok"
+    assert srv.http.get(srv.u("_health"), timeout=10).json()["status"] == "ok"
 
 
 # ---------------------------------------------------------------- backslash
@@ -200,7 +229,8 @@ def test_reserved_top_level_names_refused_as_destinations(srv, coll, reserved, m
 def test_backslash_raw_and_encoded_are_the_same_name(srv, coll):
     assert put(srv, f"{coll}/a%5Cb.txt", b"BACK").status_code == 201
     assert get(srv, f"{coll}/a%5Cb.txt").content == b"BACK"
-    status, body = raw(srv, f"GET /{coll}/a\\b.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    auth = "".join(f"{k}: {v}\r\n" for k, v in srv.http.headers.items() if k == "Authorization")
+    status, body = raw(srv, f"GET /{coll}/a\\b.txt HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
     assert (status, body) == (200, b"BACK")
     hrefs = listing(srv, f"{coll}/")
     assert any(h.endswith("/a%5Cb.txt") for h in hrefs), hrefs
@@ -211,11 +241,11 @@ def test_backslash_names_written_by_another_client_are_reachable(srv, coll):
     hrefs = listing(srv, f"{coll}/", "1")
     href = next(h for h in hrefs if "top" in h)
     assert href.endswith("/top%5Cname")
-    assert requests.get(srv.url.rstrip("/") + href, timeout=10).content == b"TOP"
+    assert srv.http.get(srv.url.rstrip("/") + href, timeout=10).content == b"TOP"
     assert get(srv, f"{coll}/dir%5Cx/f%5Cg.txt").content == b"SDK"
     assert put(srv, f"{coll}/dir%5Cx/f%5Cg.txt", b"NEW").status_code == 204
     assert get(srv, f"{coll}/dir%5Cx/f%5Cg.txt").content == b"NEW"
-    assert requests.delete(srv.url.rstrip("/") + href, timeout=10).status_code == 204
+    assert srv.http.delete(srv.url.rstrip("/") + href, timeout=10).status_code == 204
     assert get(srv, f"{coll}/top%5Cname").status_code == 404
 
 
@@ -235,14 +265,14 @@ def test_control_characters_refused_at_creation(srv, coll, name):
 def test_control_character_names_from_other_writers_do_not_break_listings(srv, coll):
     write_names_behind_our_back(srv, coll, {"bad\x01name": b"B", "dir\x1b[31m/in.txt": b"I", "good.txt": b"G"})
     for path, depth in ((f"{coll}/", "1"), (f"{coll}/", "0"), ("", "1")):
-        r = requests.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
+        r = srv.http.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
         assert r.status_code == 207, r.text
         ET.fromstring(r.content)  # well-formed
-    assert requests.get(srv.u(f"{coll}/"), headers={"Accept": "text/html"}, timeout=10).status_code == 200
+    assert srv.http.get(srv.u(f"{coll}/"), headers={"Accept": "text/html"}, timeout=10).status_code == 200
     assert get(srv, f"{coll}/good.txt").content == b"G"
     assert get(srv, f"{coll}/bad%01name").content == b"B"
-    assert requests.delete(srv.u(f"{coll}/bad%01name"), timeout=10).status_code == 204
-    assert requests.delete(srv.u(f"{coll}/dir%1B%5B31m/"), timeout=10).status_code == 204
+    assert srv.http.delete(srv.u(f"{coll}/bad%01name"), timeout=10).status_code == 204
+    assert srv.http.delete(srv.u(f"{coll}/dir%1B%5B31m/"), timeout=10).status_code == 204
     assert [unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/")[1:]] == ["good.txt"]
 
 
@@ -254,7 +284,7 @@ def test_both_spellings_in_one_folder_each_reach_their_own_file(srv, coll):
     write_names_behind_our_back(srv, coll, {nfc: b"NFC", nfd: b"NFD"})
     assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
     assert get(srv, f"{coll}/{quote(nfd)}").content == b"NFD"
-    assert requests.delete(srv.u(f"{coll}/{quote(nfd)}"), timeout=10).status_code == 204
+    assert srv.http.delete(srv.u(f"{coll}/{quote(nfd)}"), timeout=10).status_code == 204
     assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
     assert get(srv, f"{coll}/{quote(nfd)}").content == b"NFC"  # falls back to the equivalent name now
     names = [unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/")[1:]]
