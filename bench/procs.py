@@ -128,10 +128,11 @@ def davcoll_server(data_dir: Path, log_dir: Path, *, extra: list[str] | None = N
     return ServerProc(name, cmd, port, log_dir / f"{name}-{port}.log", ready_path="/_health", headers=headers)
 
 
-def reference_server(root: Path, log_dir: Path) -> ServerProc:
-    """WsgiDAV FilesystemProvider on ``root`` (bench/refserver.py)."""
+def reference_server(root: Path, log_dir: Path, *, extra: list[str] | None = None) -> ServerProc:
+    """WsgiDAV FilesystemProvider on ``root`` (bench/refserver.py, ``extra``: its options)."""
     port = free_port()
-    cmd = [sys.executable, str(HERE / "refserver.py"), "--root", str(root), "--listen", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, str(HERE / "refserver.py"), "--root", str(root), "--listen", f"127.0.0.1:{port}",
+           *(extra or [])]
     return ServerProc("reference", cmd, port, log_dir / f"reference-{port}.log")
 
 

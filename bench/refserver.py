@@ -39,13 +39,15 @@ from davcoll.config import Config  # noqa: E402
 from davcoll.server import BLOCK_SIZE, make_server  # noqa: E402
 
 
-def build_reference_app(root: str) -> WsgiDAVApp:
+def build_reference_app(root: str, property_manager: str = "none") -> WsgiDAVApp:
     config = {
         "provider_mapping": {"/": FilesystemProvider(root, readonly=False, fs_opts={})},
         "simple_dc": {"user_mapping": {"*": True}},
         "http_authenticator": {"domain_controller": None},
         "lock_storage": True,
-        "property_manager": None,
+        # "memory": WsgiDAV's in-memory PropertyManager (scenario 11 sets dead
+        # properties; without a manager the reference refuses PROPPATCH).
+        "property_manager": True if property_manager == "memory" else None,
         "block_size": BLOCK_SIZE,
         "verbose": 1,
         "logging": {"enable": False},
@@ -60,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="directory to serve")
     p.add_argument("--listen", default="127.0.0.1:8081", help="HOST:PORT")
+    p.add_argument("--property-manager", choices=("none", "memory"), default="none",
+                   help="dead properties: none (refused) or WsgiDAV's in-memory manager")
     args = p.parse_args(argv)
     Path(args.root).mkdir(parents=True, exist_ok=True)
     host, _, port = args.listen.rpartition(":")
     defaults = Config()
     # make_server only reads .wsgi and the TLS settings of .config.
-    shim = SimpleNamespace(wsgi=build_reference_app(args.root), config=defaults)
+    shim = SimpleNamespace(wsgi=build_reference_app(args.root, args.property_manager), config=defaults)
     server = make_server(shim, host, int(port), threads=defaults.threads, timeout=defaults.timeout)
     server.prepare()
     bound = server.bind_addr

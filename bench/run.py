@@ -150,7 +150,7 @@ def parse_only(text: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="davcoll vs WsgiDAV FilesystemProvider benchmark")
     p.add_argument("--quick", action="store_true", help="scaled-down sizes (1 GiB → 128 MiB, 100k → 10k, 1M → 100k)")
-    p.add_argument("--only", help="comma-separated scenario numbers (1-10); the bounds (0) always run")
+    p.add_argument("--only", help="comma-separated scenario numbers (1-11); the bounds (0) always run")
     p.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (at least 3 for RESULTS)")
     p.add_argument("--json", help="write raw numbers to this file")
     p.add_argument("--workdir", help="directory for server data (default: a temp dir under /tmp, removed after)")

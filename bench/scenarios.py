@@ -55,6 +55,7 @@ class Sizes:
     md5_bytes: int
     arv_big: int  # scenario 10's big file (the fake cluster keeps blocks in memory)
     warm_puts: int  # small PUTs before timing small PUTs (scenarios 3, 4)
+    meta_files: int = 300  # scenario 11: files per repetition in the LOCK/PUT/UNLOCK/PROPPATCH/MOVE/DELETE mix
 
 
 FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns=(0, 10_000, 100_000), s4_puts=40,
@@ -62,7 +63,7 @@ FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns
              arv_big=512 * MIB, warm_puts=600)
 QUICK = Sizes(big=128 * MIB, huge=256 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
               s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB,
-              arv_big=64 * MIB, warm_puts=200)
+              arv_big=64 * MIB, warm_puts=200, meta_files=100)
 
 
 def human_size(n: int) -> str:
@@ -770,6 +771,97 @@ def s9_parallel(ctx: Ctx) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------
+# Scenario 11: the metadata requests of a davfs2 tree unpack (issue 14 §4)
+
+LOCK_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:">'
+             b"<D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+             b"<D:owner>bench</D:owner></D:lockinfo>")
+PROPPATCH_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:bench">'
+                  b"<D:set><D:prop><Z:mode>0644</Z:mode></D:prop></D:set></D:propertyupdate>")
+META_METHODS = ("LOCK", "PUT", "UNLOCK", "PROPPATCH", "MOVE", "DELETE")
+
+
+def metadata_round(srv: ServerProc, base: str, n: int, size: int, seed: int) -> dict[str, list[float]]:
+    """The request mix davfs2 sends per file while a tree is unpacked, ``n`` times
+    on one keep-alive connection: LOCK a new name (lock-null: the server creates
+    an empty file), PUT with the lock token, UNLOCK, PROPPATCH a dead property,
+    MOVE to the final name; every other file is then DELETEd.  Returns the
+    client-side seconds of each request by method (one connection, no think
+    time, so that is the server's time plus loopback)."""
+    c = client(srv)
+    out: dict[str, list[float]] = {m: [] for m in META_METHODS}
+
+    def timed(method: str, r, *ok: int):
+        expect(r, *ok, what=f"{srv.name} {method}")
+        out[method].append(r.seconds)
+        return r
+
+    try:
+        for i in range(n):
+            tmp, final = f"{base}.tmp_{i:05d}", f"{base}f_{i:05d}.txt"
+            r = timed("LOCK", c.request("LOCK", tmp, LOCK_BODY, {"Depth": "0", "Timeout": "Second-300",
+                                                                 "Content-Type": "application/xml"}), 200, 201)
+            token = r.headers.get("Lock-Token") or r.headers.get("lock-token") or ""
+            if not token.startswith("<"):
+                raise RuntimeError(f"{srv.name}: LOCK answered no Lock-Token: {r.headers}")
+            timed("PUT", c.put_payload(tmp, Payload(seed + i, size), headers={"If": f"({token})"}), 200, 201, 204)
+            timed("UNLOCK", c.request("UNLOCK", tmp, headers={"Lock-Token": token}), 204)
+            r = timed("PROPPATCH", c.request("PROPPATCH", tmp, PROPPATCH_BODY, {"Content-Type": "application/xml"}),
+                      207)
+            if b"200" not in r.body:
+                raise RuntimeError(f"{srv.name}: PROPPATCH did not set the property: {r.body[:300]!r}")
+            timed("MOVE", c.copy_move("MOVE", tmp, final), 201, 204)
+            if i % 2 == 0:
+                timed("DELETE", c.request("DELETE", final), 204)
+    finally:
+        c.close()
+    return out
+
+
+def s11_metadata(ctx: Ctx) -> list[Row]:
+    """Mean time per request of the LOCK/PUT/UNLOCK/PROPPATCH/MOVE/DELETE mix.
+
+    The reference gets WsgiDAV's in-memory property manager for this
+    scenario (without one it refuses PROPPATCH); its locks are in memory as
+    well, davcoll's are in SQLite in the data directory."""
+    s = ctx.sizes
+    n = s.meta_files
+    ms: dict[str, dict[str, list[float]]] = {k: {m: [] for m in META_METHODS} for k in ("davcoll", "reference")}
+    with server_pair(ctx, "s11") as (data, root, logs):
+        with running(davcoll_server(data, logs),
+                     reference_server(root, logs, extra=["--property-manager", "memory"])) as servers:
+            for srv in servers:
+                warm_puts(srv, s.warm_puts)
+                mkcol(srv, "/m11/")
+                mkcol(srv, "/m11/warm/")
+                metadata_round(srv, "/m11/warm/", max(20, n // 5), s.small_size, seed=11_000_000)
+            for rep in range(ctx.repeat):
+                for srv in alternate(rep, servers):
+                    base = f"/m11/r{rep}/"
+                    mkcol(srv, base)
+                    cpu0 = srv.cpu_seconds()
+                    res = metadata_round(srv, base, n, s.small_size, seed=11_100_000 + rep * 100_000)
+                    ctx.record_cpu("11", srv.name, (srv.cpu_seconds() - cpu0) / n)
+                    for m in META_METHODS:
+                        ms[srv.name][m].append(statistics.fmean(res[m]) * 1000)
+    ctx.extra["s11_mean_ms"] = ms
+    rows = []
+    for letter, m in zip("abcdef", META_METHODS):
+        d, r = ms["davcoll"][m], ms["reference"][m]
+        what = {"LOCK": "LOCK a new name (lock-null: creates an empty file)",
+                "PUT": f"PUT {human_size(s.small_size)} with the lock token",
+                "UNLOCK": "UNLOCK", "PROPPATCH": "PROPPATCH one dead property",
+                "MOVE": "MOVE to the final name", "DELETE": "DELETE (every other file)"}[m]
+        note = ""
+        if m == "LOCK":
+            note = (f"{n} files per repetition, one connection, mean client-side time per request; "
+                    + ctx.cpu_note("11", "ms per file (all six requests)", 1000))
+        rows.append(speed_row(f"11{letter}", f"metadata mix: {what}", "ms", d, r,
+                              min_ratio=None if m == "PUT" else 0.5, time_metric=True, note=note))
+    return rows
+
+
+# ---------------------------------------------------------------------------
 # Scenario 10: the Arvados backend against the fake cluster (report only)
 
 
@@ -846,4 +938,5 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "8": s8_memory,
     "9": s9_parallel,
     "10": s10_arvados,
+    "11": s11_metadata,
 }
