@@ -392,7 +392,8 @@ class CollectionProvider(DAVProvider):
         """
         parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
         parts = parts[path_token_width(parts):]
-        if len(parts) < 2 or parts[0] == "by_id" or self.reserved_name_reason(parts[0]) is not None:
+        if (len(parts) < 2 or parts[0] == "by_id" or self.reserved_name_reason(parts[0]) is not None
+                or self.junk.is_junk(parts[0])):  # never a collection (MKCOL refuses the name)
             return
         sess = self.session(environ)
         if sess.find_collection(parts[0]) is None and sess.find_collection(parts[0], fresh=True) is None:
