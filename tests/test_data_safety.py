@@ -330,3 +330,54 @@ def test_collection_with_nfd_name_is_reachable(srv):
         assert get(srv, f"{quote(nfd)}/f.txt").content == b"IN-NFD"
     finally:
         pass
+
+
+# ---------------------------------------------------------------- collection properties (§4)
+
+PROPS_NS = "urn:davcoll:properties"
+
+
+def proppatch(srv, path: str, set_: dict[str, str] | None = None, remove: list[str] | None = None):
+    body = [f'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:P="{PROPS_NS}">']
+    for k, v in (set_ or {}).items():
+        body.append(f"<D:set><D:prop><P:{k}>{v}</P:{k}></D:prop></D:set>")
+    for k in remove or []:
+        body.append(f"<D:remove><D:prop><P:{k}/></D:prop></D:remove>")
+    body.append("</D:propertyupdate>")
+    return srv.http.request("PROPPATCH", srv.u(path), data="".join(body).encode(), timeout=30)
+
+
+def stored_properties(srv, coll: str) -> dict:
+    return dict(catalog(srv).get(catalog(srv).find_by_name(coll).uuid, with_manifest=False).properties or {})
+
+
+def test_proppatch_changes_only_the_named_keys_of_the_stored_properties(srv, coll):
+    """3 of 3 races lost a key: the PROPPATCH sent the whole property set
+    from a cached record, erasing keys another client had set meanwhile."""
+    assert proppatch(srv, f"{coll}/", {"mine": "1"}).status_code == 207
+    # Warm the cached record, then another client (the SDK, another
+    # instance) sets a key behind davcoll's back.
+    assert srv.http.request("PROPFIND", srv.u(f"{coll}/"), headers={"Depth": "0"}, timeout=30).status_code == 207
+    uuid = catalog(srv).find_by_name(coll).uuid
+    catalog(srv).update(uuid, properties={**stored_properties(srv, coll), "theirs": "sdk"})
+    r = proppatch(srv, f"{coll}/", {"mine": "2", "also": "x"})
+    assert r.status_code == 207, r.text
+    assert stored_properties(srv, coll) == {"mine": "2", "also": "x", "theirs": "sdk"}
+    r = proppatch(srv, f"{coll}/", remove=["also"])
+    assert r.status_code == 207, r.text
+    assert stored_properties(srv, coll) == {"mine": "2", "theirs": "sdk"}
+
+
+@pytest.mark.parametrize("target", ["f.txt", "sub/"])
+def test_collection_properties_only_on_the_collection_root(srv, coll, target):
+    assert put(srv, f"{coll}/f.txt", b"F").status_code == 201
+    assert req(srv, "MKCOL", f"{coll}/sub/").status_code == 201
+    r = proppatch(srv, f"{coll}/{target}", {"k": "v"})
+    assert r.status_code in (207, 403), r.text
+    if r.status_code == 207:
+        assert "403" in r.text, r.text  # the property's own status
+    assert "k" not in stored_properties(srv, coll)
+    r = srv.http.request("PROPFIND", srv.u(f"{coll}/{target}"), headers={"Depth": "0"},
+                         data=f'<D:propfind xmlns:D="DAV:" xmlns:P="{PROPS_NS}"><D:prop><P:k/></D:prop></D:propfind>',
+                         timeout=30)
+    assert r.status_code == 207 and ">v<" not in r.text
