@@ -11,44 +11,30 @@ import shutil
 import subprocess
 
 import pytest
-import requests
 
-from davcoll.backends import ArvadosBackend
 from davcoll.testing.fake_arvados import FakeArvados
-from server_util import running_server
+from davclient import DavClient
+from fake_cluster import arvados_server, fake_fixture, live_collection
 
-FAST = {"backoff_start": 0.01}
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeArvados(keepstores=2, seed=1) as f:
-        yield f
+fake = fake_fixture(keepstores=2, seed=1)
 
 
 @pytest.fixture
 def arv_server(fake, tmp_path):
-    backend = ArvadosBackend(
-        fake.api_url,
-        data_dir=tmp_path / "state",
-        client_options=dict(FAST, retries=2),
-        keep_options=dict(FAST, num_retries=2),
-    )
-    with running_server(tmp_path / "state", backend_impl=backend, anonymous="none",
-                        backend="arvados", arvados_api_host=fake.api_url) as srv:
+    with arvados_server(fake, tmp_path / "state", anonymous="none") as srv:
         yield srv
 
 
-def _auth(tok: str) -> dict:
-    return {"Authorization": f"Bearer {tok}"}
+def _client(srv, fake: FakeArvados, user: str) -> DavClient:
+    return DavClient(srv.url, token=fake.add_user(user))
 
 
 def _stored(fake, name: str) -> tuple[str, str]:
     """(uuid, stored manifest) of the untrashed collection with this name."""
-    for c in list(fake.collections.values()):
-        if c.name == name and not c.is_trashed:
-            return c.uuid, fake.stored_manifest(c.uuid)
-    raise AssertionError(f"no collection {name!r}")
+    c = live_collection(fake, name)
+    if c is None:
+        raise AssertionError(f"no collection {name!r}")
+    return c.uuid, fake.stored_manifest(c.uuid)
 
 
 def _collection_updates(fake) -> list:
@@ -57,53 +43,53 @@ def _collection_updates(fake) -> list:
 
 def test_cycle_is_one_update_per_request(fake, arv_server):
     srv = arv_server
-    h = _auth(fake.add_user("carol"))
-    assert requests.request("MKCOL", srv.u("data/"), headers=h).status_code == 201
-    assert requests.request("MKCOL", srv.u("data/sub/"), headers=h).status_code == 201
+    c = _client(srv, fake, "carol")
+    assert c.mkcol("data/").status_code == 201
+    assert c.mkcol("data/sub/").status_code == 201
     fake.clear_requests()
-    assert requests.put(srv.u("data/sub/x.bin"), data=b"x" * 1000, headers=h).status_code == 201
+    assert c.put("data/sub/x.bin", b"x" * 1000).status_code == 201
     assert len(_collection_updates(fake)) == 1
     _, text = _stored(fake, "data")
     assert "0:1000:x.bin" in text
     fake.clear_requests()
-    r = requests.request("MOVE", srv.u("data/sub/x.bin"), headers={**h, "Destination": srv.u("data/y.bin")})
+    r = c.move("data/sub/x.bin", "data/y.bin")
     assert r.status_code == 201
     assert len(_collection_updates(fake)) == 1
     assert not fake.requests_for("keep_put")  # MOVE moves references only
-    assert requests.get(srv.u("data/y.bin"), headers=h).content == b"x" * 1000
-    assert requests.get(srv.u("data/sub/x.bin"), headers=h).status_code == 404
+    assert c.get("data/y.bin").content == b"x" * 1000
+    assert c.get("data/sub/x.bin").status_code == 404
     _, text = _stored(fake, "data")
     assert "y.bin" in text and "x.bin" not in text
     # A request that changes nothing commits nothing.
     fake.clear_requests()
-    assert requests.request("PROPFIND", srv.u("data/"), headers={**h, "Depth": "1"}).status_code == 207
-    assert requests.get(srv.u("data/y.bin"), headers=h).status_code == 200
+    assert c.propfind("data/", "1").status_code == 207
+    assert c.get("data/y.bin").status_code == 200
     assert not _collection_updates(fake)
 
 
 def test_cross_collection_copy_and_isolation(fake, arv_server):
     srv = arv_server
-    ha, hb = _auth(fake.add_user("dave")), _auth(fake.add_user("erin"))
+    a, b = _client(srv, fake, "dave"), _client(srv, fake, "erin")
     for name in ("one", "two"):
-        assert requests.request("MKCOL", srv.u(f"{name}/"), headers=ha).status_code == 201
+        assert a.mkcol(f"{name}/").status_code == 201
     payload = bytes(range(256)) * 4096
-    assert requests.put(srv.u("one/f.bin"), data=payload, headers=ha).status_code == 201
+    assert a.put("one/f.bin", payload).status_code == 201
     fake.clear_requests()
-    r = requests.request("COPY", srv.u("one/f.bin"), headers={**ha, "Destination": srv.u("two/g.bin")})
+    r = a.copy("one/f.bin", "two/g.bin")
     assert r.status_code == 201, r.text
     assert not fake.requests_for("keep_put")  # no block was re-uploaded
-    assert requests.get(srv.u("two/g.bin"), headers=ha).content == payload
+    assert a.get("two/g.bin").content == payload
     # Another user sees neither collection, by name or by id.
-    assert requests.get(srv.u("one/f.bin"), headers=hb).status_code == 404
-    r = requests.request("PROPFIND", srv.u(""), headers={**hb, "Depth": "1"})
+    assert b.get("one/f.bin").status_code == 404
+    r = b.propfind("", "1")
     assert r.status_code == 207 and "/one/" not in r.text
     uuid, _ = _stored(fake, "one")
-    assert requests.get(srv.u(f"by_id/{uuid}/f.bin"), headers=hb).status_code == 404
-    assert requests.get(srv.u(f"by_id/{uuid}/f.bin"), headers=ha).content == payload
+    assert b.get(f"by_id/{uuid}/f.bin").status_code == 404
+    assert a.get(f"by_id/{uuid}/f.bin").content == payload
 
 
 def test_bad_token_is_401(fake, arv_server):
-    r = requests.get(arv_server.u(""), headers=_auth("v2/zzzzz-gj3su-000000000000000/nope"))
+    r = DavClient(arv_server.url, token="v2/zzzzz-gj3su-000000000000000/nope").get("")
     assert r.status_code == 401 and "WWW-Authenticate" in r.headers
 
 
@@ -111,8 +97,7 @@ def test_bad_token_is_401(fake, arv_server):
 @pytest.mark.skipif(shutil.which("litmus") is None, reason="litmus not installed (CI installs it)")
 def test_litmus_on_arvados_backend(fake, arv_server, tmp_path):
     tok = fake.add_user("litmus")
-    h = _auth(tok)
-    assert requests.request("MKCOL", arv_server.u("lit/"), headers=h).status_code == 201
+    assert DavClient(arv_server.url, token=tok).mkcol("lit/").status_code == 201
     out = subprocess.run(["litmus", arv_server.u("lit/"), "x", tok], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600)
     text = out.stdout + out.stderr
