@@ -71,7 +71,11 @@ a manifest is read, when a change replaces the whole text anyway, or when
 the collection is small; it is cached per version.  "Small" is judged by
 ``versions.approx_chars``, an estimate of the text size kept up to date from
 the rows an update inserts and closes (exact sizes would need the rendered
-lines, which updates deliberately do not produce).
+lines, which updates deliberately do not produce).  A lookup *by* PDH is one
+indexed read that never takes the write lock: a miss answers NotFound at
+once and nudges a background pass (``pdh_indexer``) that computes missing
+PDHs in read snapshots, so the PDH of a collection changed and not read
+since resolves once that pass has run (about ``pdh_pass_interval`` later).
 
 Concurrency and transactions
 ----------------------------
