@@ -39,6 +39,8 @@ class RequestContext:
     # Resources resolved in this request, by share-relative path: every URL
     # is resolved once, however often WsgiDAV asks.
     resolved: dict[str, Any] = field(default_factory=dict)
+    # What each path names (urlspace.Location), located once per request.
+    locations: dict[str, Any] = field(default_factory=dict)
     # The request's domain operations (dav/sidestores.py operations_of).
     operations: "Operations | None" = None
 
@@ -56,6 +58,7 @@ class RequestContext:
     def forget_resolutions(self) -> None:
         """Drop cached resolutions after a mutation (paths now mean other things)."""
         self.resolved.clear()
+        self.locations.clear()
 
 
 def context_of(environ: dict) -> RequestContext:

@@ -43,7 +43,8 @@ from .sidestores import operations_of
 from .props import COLLECTION_NS, PROPS_NS, collection_props_get, is_xml_name
 
 if TYPE_CHECKING:
-    from .provider import CollectionProvider, Location
+    from .provider import CollectionProvider
+    from .urlspace import Location
 
 QUOTA_AVAILABLE = 1 << 50  # advertised free space: Explorer/rclone need a number
 
@@ -703,21 +704,21 @@ class RecordResource(_Mixin, DAVNonCollection):
         super().__init__(path, environ)
         self.loc = loc
         assert loc.tree is not None
-        self._data = loc.tree.record_json()
+        # Length and ETag now; the JSON itself is rendered chunk by chunk
+        # as it is sent (a big manifest is never held whole in memory).
+        self._body = loc.tree.record_body()
 
     def get_ref_url(self) -> str:
         return self._ref_key()
 
     def get_content_length(self):
-        return len(self._data)
+        return self._body.length
 
     def get_content_type(self):
         return "application/json"
 
     def get_etag(self):
-        import hashlib
-
-        return hashlib.md5(self._data).hexdigest()
+        return self._body.etag
 
     def support_etag(self):
         return True
@@ -730,12 +731,14 @@ class RecordResource(_Mixin, DAVNonCollection):
         return self.get_last_modified()
 
     def support_ranges(self):
-        return True
+        return self._body.data is not None  # a streamed record cannot seek
 
     def get_content(self):
-        import io
+        if self._body.data is not None:
+            import io
 
-        return io.BytesIO(self._data)
+            return io.BytesIO(self._body.data)
+        return self._body.reader()
 
     def prevent_locking(self):
         return True
