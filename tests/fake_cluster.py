@@ -41,11 +41,13 @@ def fake_cluster(*, keepstores: int = 2, seed: int = 0, ttl: int | None = None, 
         yield fake
 
 
-def fake_fixture(*, keepstores: int = 2, seed: int = 0, ttl: int | None = None, scope: str = "module", **kw: Any):
+def fake_fixture(*, keepstores: int = 2, seed: int = 0, ttl: int | None = None, scope: str = "module",
+                 name: str = "fake", **kw: Any):
     """A pytest fixture (module-scoped by default) yielding a fake cluster:
-    ``fake = fake_fixture(keepstores=2, seed=1)`` at module level."""
+    ``fake = fake_fixture(keepstores=2, seed=1)`` at module level (give
+    ``name`` when the module-level name is not ``fake``)."""
 
-    @pytest.fixture(scope=scope)
+    @pytest.fixture(scope=scope, name=name)
     def fake():
         with fake_cluster(keepstores=keepstores, seed=seed, ttl=ttl, **kw) as f:
             yield f

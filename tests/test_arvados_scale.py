@@ -14,16 +14,14 @@ from davcoll.session import SessionConfig, SessionManager
 from davcoll.storage.arvados_api import ArvadosCatalog, ArvadosClient
 from davcoll.storage.catalog import revision_key
 from davcoll.storage.local_catalog import LocalCatalog
-from davcoll.testing.fake_arvados import FakeArvados
+from davclient import DavClient
+from fake_cluster import arvados_backend, arvados_server, fake_fixture
 
 FAST_API = {"backoff_start": 0.01, "retries": 1, "timeout": (2.0, 10.0)}
 FAST_KEEP = {"backoff_start": 0.01, "num_retries": 1, "connect_timeout": 1.0, "read_timeout": 10.0}
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeArvados(keepstores=2, seed=12) as f:
-        yield f
+fake = fake_fixture(keepstores=2, seed=12)
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +33,7 @@ def clean(fake):
 
 
 def make_backend(fake, tmp_path, **kw) -> ArvadosBackend:
-    return ArvadosBackend(fake.api_url, data_dir=tmp_path / "state", client_options=dict(FAST_API),
-                          keep_options=dict(FAST_KEEP), **kw)
+    return arvados_backend(fake, tmp_path / "state", client_options=FAST_API, keep_options=FAST_KEEP, **kw)
 
 
 @pytest.fixture
@@ -107,62 +104,58 @@ LOCK_BODY = (b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:e
              b'<D:locktype><D:write/></D:locktype></D:lockinfo>')
 
 
-def _call(srv, h: dict, method: str, coll: str, n: int) -> requests.Response:
-    u = lambda p: srv.u(f"{coll}/{p}")  # noqa: E731
-    kw: dict = {"headers": dict(h), "timeout": 60}
+def _call(c: DavClient, method: str, coll: str, n: int) -> requests.Response:
     if method in ("GET", "HEAD"):
-        return requests.request(method, u("f.txt"), **kw)
+        return c.req(method, f"{coll}/f.txt")
     if method == "PROPFIND":
-        kw["headers"]["Depth"] = "1"
-        return requests.request(method, u(""), **kw)
+        return c.propfind(f"{coll}/", "1")
     if method == "PUT":
-        return requests.put(u(f"new{n}.txt"), data=b"new data %d" % n, **kw)
+        return c.put(f"{coll}/new{n}.txt", b"new data %d" % n)
     if method == "MKCOL":
-        return requests.request(method, u(f"dir{n}/"), **kw)
+        return c.mkcol(f"{coll}/dir{n}/")
     if method == "DELETE":
-        return requests.delete(u("del.txt"), **kw)
+        return c.delete(f"{coll}/del.txt")
     if method in ("COPY", "MOVE"):
-        kw["headers"]["Destination"] = u(f"{method.lower()}{n}.txt")
-        return requests.request(method, u("f.txt" if method == "COPY" else "mv.txt"), **kw)
+        return c.req(method, f"{coll}/" + ("f.txt" if method == "COPY" else "mv.txt"),
+                     headers={"Destination": f"{coll}/{method.lower()}{n}.txt"})
     if method == "PROPPATCH":
-        return requests.request(method, u("f.txt"), data=PROPPATCH_BODY, **kw)
+        return c.proppatch(f"{coll}/f.txt", PROPPATCH_BODY)
     assert method == "LOCK"
-    kw["headers"].update({"Timeout": "Second-60", "Depth": "0"})
-    return requests.request(method, u(f"lock{n}.txt"), data=LOCK_BODY, **kw)
+    return c.req(method, f"{coll}/lock{n}.txt", data=LOCK_BODY, headers={"Timeout": "Second-60", "Depth": "0"})
 
 
 @pytest.mark.parametrize("outage", ["api", "keep", "both"])
 @pytest.mark.parametrize("cache", ["warm", "cold"])
 def test_outages_answer_5xx_with_a_reason_never_500(fake, tmp_path, outage, cache):
-    from server_util import running_server
-
     token = fake.add_user(f"out-{outage}-{cache}")
-    h = {"Authorization": f"Bearer {token}"}
     coll = f"o-{outage}-{cache}"
     # revalidate_seconds=0: a warm tree is still checked on every request.
-    kw = dict(anonymous="none", backend="arvados", arvados_api_host=fake.api_url, revalidate_seconds=0)
-    backend = make_backend(fake, tmp_path)
-    with running_server(tmp_path / "state", backend_impl=backend, **kw) as srv:
-        assert requests.request("MKCOL", srv.u(f"{coll}/"), headers=h).status_code == 201
+    kw = dict(anonymous="none", revalidate_seconds=0)
+    with arvados_server(fake, tmp_path / "state", backend=make_backend(fake, tmp_path), **kw) as srv:
+        c = DavClient(srv.url, token=token)
+        assert c.mkcol(f"{coll}/").status_code == 201
         for name in ("f.txt", "del.txt", "mv.txt"):
-            assert requests.put(srv.u(f"{coll}/{name}"), data=b"content", headers=h).status_code == 201
+            assert c.put(f"{coll}/{name}", b"content").status_code == 201
         if cache == "warm":
-            assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
-    backend = make_backend(fake, tmp_path)
-    with running_server(tmp_path / "state", backend_impl=backend, **kw) as srv:
+            assert c.get(f"{coll}/f.txt").content == b"content"
+    with arvados_server(fake, tmp_path / "state", backend=make_backend(fake, tmp_path), **kw) as srv:
+        c = DavClient(srv.url, token=token)
         if cache == "warm":  # login cache, tree and block cache all filled
-            assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
+            assert c.get(f"{coll}/f.txt").content == b"content"
             # ... but the 1 s listing memo has run out, as it has a second
             # later (the issue's case: name lookup with the API down -> 500).
-            for sess in list(srv.app.sessions._sessions.values()):
-                sess.forget_listing()
+            srv.app.sessions.config.list_cache_seconds = 0.0
         services = ["api", "keep"] if outage == "both" else [outage]
         for s in services:
             fake.take_down(s)
         try:
             got = {}
             for n, method in enumerate(METHODS):
-                r = _call(srv, h, method, coll, n)
+                r = _call(c, method, coll, n)
+                # A new connection per request (as requests.request gives):
+                # a HEAD answered 5xx here carries an HTML body, which
+                # would desync a reused keep-alive connection.
+                c.http.close()
                 got[method] = r.status_code
                 assert r.status_code != 500, (method, r.text[:300])
                 if r.status_code >= 500:
@@ -182,7 +175,7 @@ def test_outages_answer_5xx_with_a_reason_never_500(fake, tmp_path, outage, cach
                 assert got["GET"] in (502, 503, 504), got
             assert got["PROPFIND"] == 207 and got["MKCOL"] == 201 and got["DELETE"] == 204, got
         # Once the services are back, everything works again.
-        assert requests.get(srv.u(f"{coll}/f.txt"), headers=h).content == b"content"
+        assert c.get(f"{coll}/f.txt").content == b"content"
 
 
 def test_fake_apply_then_drop_and_take_down(fake):
@@ -213,9 +206,10 @@ def test_fake_apply_then_drop_and_take_down(fake):
 @pytest.fixture(scope="module")
 def tls_fake(tmp_path_factory):
     from davcoll.testing.fake_arvados import self_signed_cert
+    from fake_cluster import fake_cluster
 
     cert, key = self_signed_cert(tmp_path_factory.mktemp("tls"))
-    with FakeArvados(keepstores=2, seed=5, tls=(cert, key)) as f:
+    with fake_cluster(keepstores=2, seed=5, tls=(cert, key)) as f:
         f.cert_file = cert
         yield f
 
@@ -263,8 +257,8 @@ def test_verification_uses_the_environment_bundle_when_on(tls_fake, tmp_path, mo
     import certifi
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # does not
-    backend = ArvadosBackend(tls_fake.api_url, data_dir=tmp_path / "s2",
-                             client_options=dict(FAST_API, retries=0), keep_options=dict(FAST_KEEP))
+    backend = arvados_backend(tls_fake, tmp_path / "s2", client_options=dict(FAST_API, retries=0),
+                              keep_options=FAST_KEEP)
     try:
         with pytest.raises(Unavailable):
             backend.authenticate(token)
@@ -277,10 +271,7 @@ def test_verification_uses_the_environment_bundle_when_on(tls_fake, tmp_path, mo
 TTL = 3  # seconds: the short blobSignatureTtl of the fake below
 
 
-@pytest.fixture(scope="module")
-def short_fake():
-    with FakeArvados(keepstores=2, seed=13, blob_signing_ttl=TTL) as f:
-        yield f
+short_fake = fake_fixture(keepstores=2, seed=13, ttl=TTL, name="short_fake")
 
 
 @pytest.fixture
@@ -364,46 +355,42 @@ def test_upload_longer_than_the_ttl_commits(short_fake, short_manager):
 
 
 def test_http_reads_after_the_ttl(short_fake, tmp_path):
-    from server_util import running_server
-
     short_fake.time_offset = 0.0
     token = short_fake.add_user("http-ttl")
-    h = {"Authorization": f"Bearer {token}"}
-    kw = dict(anonymous="none", backend="arvados", arvados_api_host=short_fake.api_url)
-    with running_server(tmp_path / "state", backend_impl=make_backend(short_fake, tmp_path), **kw) as srv:
-        assert requests.request("MKCOL", srv.u("t/"), headers=h).status_code == 201
-        assert requests.put(srv.u("t/a.txt"), data=b"first", headers=h).status_code == 201
-        assert requests.put(srv.u("t/b.txt"), data=b"second", headers=h).status_code == 201
-        assert requests.get(srv.u("t/a.txt"), headers=h).content == b"first"
+    with arvados_server(short_fake, tmp_path / "state", backend=make_backend(short_fake, tmp_path),
+                        anonymous="none") as srv:
+        c = DavClient(srv.url, token=token)
+        assert c.mkcol("t/").status_code == 201
+        assert c.put("t/a.txt", b"first").status_code == 201
+        assert c.put("t/b.txt", b"second").status_code == 201
+        assert c.get("t/a.txt").content == b"first"
         srv.app.backend.cache.clear()  # the uploads left their blocks in the cache
         short_fake.time_offset = TTL + 2  # signatures in the cached tree have expired
-        r = requests.get(srv.u("t/b.txt"), headers=h)
+        r = c.get("t/b.txt")
         assert r.status_code == 200 and r.content == b"second"
 
 
 def test_pdh_access_is_rechecked(fake, tmp_path):
-    from server_util import running_server
-
     token = fake.add_user("loses-access")
     other = fake.user_for(fake.add_user("gets-it"))
-    h = {"Authorization": f"Bearer {token}"}
-    kw = dict(anonymous="none", backend="arvados", arvados_api_host=fake.api_url, revalidate_seconds=1000)
-    with running_server(tmp_path / "state", backend_impl=make_backend(fake, tmp_path), **kw) as srv:
-        assert requests.request("MKCOL", srv.u("p/"), headers=h).status_code == 201
-        assert requests.put(srv.u("p/f"), data=b"secret", headers=h).status_code == 201
+    with arvados_server(fake, tmp_path / "state", backend=make_backend(fake, tmp_path), anonymous="none",
+                        revalidate_seconds=1000) as srv:
+        c = DavClient(srv.url, token=token)
+        assert c.mkcol("p/").status_code == 201
+        assert c.put("p/f", b"secret").status_code == 201
         uuid = next(c.uuid for c in fake.collections.values() if c.name == "p" and c.owner_uuid != other.uuid
                     and fake.user_for(token).uuid == c.owner_uuid)
         pdh = fake.collections[uuid].pdh
-        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).content == b"secret"
+        assert c.get(f"by_id/{pdh}/f").content == b"secret"
         fake.transfer(uuid, other.uuid)
         # Within revalidate_seconds the cached snapshot is served ...
-        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).status_code == 200
+        assert c.get(f"by_id/{pdh}/f").status_code == 200
         # ... but Cache-Control: no-cache re-checks at once, with one small call.
         before = n_api(fake)
-        r = requests.get(srv.u(f"by_id/{pdh}/f"), headers={**h, "Cache-Control": "no-cache"})
+        r = c.get(f"by_id/{pdh}/f", no_cache=True)
         assert r.status_code == 404
-        assert not [c for c in api_calls(fake, before) if "manifest_text" in c.query]
-        assert requests.get(srv.u(f"by_id/{pdh}/f"), headers=h).status_code == 404
+        assert not [call for call in api_calls(fake, before) if "manifest_text" in call.query]
+        assert c.get(f"by_id/{pdh}/f").status_code == 404
 
 
 def test_pdh_access_recheck_at_the_revalidation_interval(fake, manager):
