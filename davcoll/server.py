@@ -233,7 +233,7 @@ def mount_help(url: str) -> str:
         f"  rclone:  rclone config create dc webdav url={url} vendor=other\n"
         f"  macOS:   Finder > Go > Connect to Server > {url}\n"
         f"  Windows: map network drive to {url} (HTTPS needed for Basic auth)\n"
-        f"  davfs2:  mount -t davfs {url} /mnt/dc\n"
+        f"  davfs2:  add 'buf_size 64' to /etc/davfs2/davfs2.conf, then mount -t davfs {url} /mnt/dc\n"
     )
 
 
