@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from typing import Any, Callable, Iterator
 
 import pytest
 import requests
 
-from davcoll.backends import ArvadosBackend, LocalBackend
-from davcoll.manifest import parse_manifest
+from davcoll.backends import LocalBackend
 from davcoll.storage.catalog import Unavailable
 from davcoll.storage.local_catalog import LocalCatalog
-from davcoll.testing.fake_arvados import FakeArvados
+from davclient import NO_CACHE, DavClient, parse_multistatus
+from fake_cluster import arvados_server, fake_cluster, live_collection, stored_files
 from server_util import running_server
 
 MiB = 1 << 20
-FRESH = {"Cache-Control": "no-cache"}
 PROP_NS = "urn:x-test"
 PROPPATCH = (
     '<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:x-test"><D:set><D:prop>'
@@ -48,20 +46,19 @@ class Env:
                  atomic: bool) -> None:
         self.srv, self.headers, self.files_of, self.uuid_of = srv, headers, files_of, uuid_of
         self.fail, self.reset, self.atomic = fail, reset, atomic
+        self.client = DavClient(srv.url, headers=headers)
 
     def req(self, method: str, path: str, **kw) -> requests.Response:
-        headers = {**self.headers, **kw.pop("headers", {})}
-        return requests.request(method, self.srv.u(path), headers=headers, timeout=60, **kw)
+        return self.client.req(method, path, **kw)
 
     def dest(self, method: str, src: str, dst: str, **headers) -> requests.Response:
-        return self.req(method, src, headers={"Destination": self.srv.u(dst), **headers})
+        return self.req(method, src, headers={"Destination": dst, **headers})
 
     def prop(self, path: str) -> str | None:
-        r = self.req("PROPFIND", path, headers={"Depth": "0", **FRESH}, data=PROPFIND)
+        r = self.client.propfind(path, "0", PROPFIND, headers=NO_CACHE)
         if r.status_code != 207:
             return None
-        el = ET.fromstring(r.content).find(f".//{{{PROP_NS}}}tag")
-        return el.text if el is not None and el.text else None
+        return parse_multistatus(r)[0].text(f"{{{PROP_NS}}}tag") or None
 
 
 # ------------------------------------------------------------------ backends
@@ -106,7 +103,7 @@ def embedded_env(tmp) -> Iterator[Env]:
         if rec is None:
             return {}
         text = cat.get(rec.uuid).manifest_text or ""
-        return {p: sum(s[2] for s in segs) for p, segs in parse_manifest(text).files()}
+        return stored_files(text)
 
     def fail(name: str, n: int) -> None:
         fault.remaining[uuid_of(name)] = n
@@ -123,26 +120,23 @@ def embedded_env(tmp) -> Iterator[Env]:
 
 @contextlib.contextmanager
 def arvados_env(tmp) -> Iterator[Env]:
-    with FakeArvados(keepstores=1, seed=10) as fake:
+    with fake_cluster(keepstores=1, seed=10) as fake:
         token = fake.add_user("xc")
-        backend = ArvadosBackend(fake.api_url, data_dir=tmp / "data",
-                                 client_options=dict(timeout=(1, 5), retries=1, backoff_start=0.01))
 
         def live(name: str):
-            cs = [c for c in fake.collections.values() if c.name == name and not c.is_trashed]
-            return cs[0] if cs else None
+            return live_collection(fake, name)
 
         def files_of(name: str) -> dict[str, int]:
             c = live(name)
             if c is None:
                 return {}
-            text = fake.stored_manifest(c.uuid)
-            return {p: sum(s[2] for s in segs) for p, segs in parse_manifest(text).files()}
+            return stored_files(fake.stored_manifest(c.uuid))
 
         def fail(name: str, n: int) -> None:
             fake.faults.fail_next("api", n, status=503, match=f"/arvados/v1/collections/{live(name).uuid}")
 
-        with running_server(tmp / "data", backend_impl=backend) as srv:
+        with arvados_server(fake, tmp / "data", client_options=dict(timeout=(1, 5), retries=1, backoff_start=0.01),
+                            keep_options={}) as srv:
             yield Env(srv, {"Authorization": f"Bearer {token}"}, files_of, lambda n: live(n).uuid, fail,
                       fake.faults.reset, atomic=False)
             fake.faults.reset()
