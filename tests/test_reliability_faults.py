@@ -38,30 +38,21 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from davcoll.backends import ArvadosBackend, LocalBackend
-from davcoll.manifest import parse_manifest
+from davcoll.backends import LocalBackend
 from davcoll.storage.blocks import BlockCache, BlockStoreUnavailable
 from davcoll.storage.catalog import Unavailable
-from davcoll.testing.fake_arvados import FakeArvados
 from davcoll.testing.flaky_blocks import FlakyBlockStore
+from davclient import NO_CACHE, DavClient, wait_until
+from fake_cluster import arvados_server, fake_cluster, stored_manifest, stored_files
 from server_util import running_server
 
 MiB = 1 << 20
-FRESH = {"Cache-Control": "no-cache"}
+FRESH = NO_CACHE
 FAIL = (502, 503)
 _ids = itertools.count()
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @dataclass
@@ -72,18 +63,19 @@ class Env:
     reset: Callable[[], None]  # clear every fault
     clear_cache: Callable[[], None]
     acked: dict[str, str] = field(default_factory=dict)  # path -> sha256
-    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.client = DavClient(self.srv.url, headers=self.headers)
 
     def req(self, method: str, path: str, headers: dict | None = None, **kw) -> requests.Response:
-        h = {**self.headers, **(headers or {})}
-        return self.session.request(method, self.srv.u(path), headers=h, timeout=60, **kw)
+        return self.client.req(method, path, headers=headers, **kw)
 
     @property
     def budget(self):
         return self.srv.app.sessions.budget
 
     def stored_files(self) -> dict[str, int]:
-        return {p: sum(s[2] for s in segs) for p, segs in parse_manifest(self.manifest()).files()}
+        return stored_files(self.manifest())
 
     def put_ok(self, path: str, body: bytes) -> None:
         r = self.req("PUT", path, data=body)
@@ -221,20 +213,16 @@ def check_read_fault(env: Env, arm: Callable[[], None]) -> None:
 @pytest.fixture(scope="module")
 def arv(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("arv")
-    with FakeArvados(keepstores=2) as fake:
+    with fake_cluster(keepstores=2) as fake:
         token = fake.add_user("alice")
-        backend = ArvadosBackend(
-            fake.api_url,
-            data_dir=tmp / "data",
-            block_cache_bytes=16 * MiB,
-            client_options=dict(timeout=(1, 2), retries=1, backoff_start=0.01),
-            keep_options=dict(connect_timeout=1, read_timeout=1, num_retries=1, backoff_start=0.01),
-        )
-        with running_server(tmp / "data", backend_impl=backend) as srv:
+        with arvados_server(fake, tmp / "data", backend_options=dict(block_cache_bytes=16 * MiB),
+                            client_options=dict(timeout=(1, 2), retries=1, backoff_start=0.01),
+                            keep_options=dict(connect_timeout=1, read_timeout=1, num_retries=1,
+                                              backoff_start=0.01)) as srv:
+            backend = srv.app.backend
 
             def manifest() -> str:
-                cs = [c for c in fake.collections.values() if c.name == "c" and not c.is_trashed]
-                return fake.stored_manifest(cs[0].uuid)
+                return stored_manifest(fake, "c")
 
             env = Env(srv, {"Authorization": f"Bearer {token}"}, manifest, fake.faults.reset, backend.cache.clear)
             env.fake = fake  # type: ignore[attr-defined]
