@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,14 @@ def md5_mbps(nbytes: int = 256 << 20) -> float:
     t = time.perf_counter()
     hashlib.md5(data, usedforsecurity=False)
     return nbytes / (time.perf_counter() - t) / 1e6
+
+
+def user_sys(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds of a process so far, and its minor page faults."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 def main() -> None:
@@ -70,15 +79,19 @@ def main() -> None:
             for rep in range(args.reps):
                 bound = md5_mbps()
                 cpu0 = srv.cpu_seconds()
+                ut0, st0, pf0 = user_sys(srv.pid)
                 if args.mode == "get":
                     r = expect(c.get("/p/big.bin"), 200)
                 else:
                     r = expect(c.put_payload(f"/p/big{rep}.bin", Payload(100 + rep, size),
                                              chunked=args.mode == "chunked"), 201, 204)
                 cpu = srv.cpu_seconds() - cpu0
+                ut, st, pf = user_sys(srv.pid)
                 mbps = size / r.seconds / 1e6
                 print(f"{args.mode} rep {rep}: {mbps:.0f} MB/s, md5 bound {bound:.0f} MB/s, "
-                      f"ratio {mbps / bound:.2f}, server CPU {cpu / (size / 2**30):.2f} s/GiB", flush=True)
+                      f"ratio {mbps / bound:.2f}, server CPU {cpu / (size / 2**30):.2f} s/GiB "
+                      f"(user {(ut - ut0) / (size / 2**30):.2f}, sys {(st - st0) / (size / 2**30):.2f}; "
+                      f"{(pf - pf0) / (size / 2**30):.0f} minor faults per GiB)", flush=True)
             c.close()
         finally:
             if spy is not None:

