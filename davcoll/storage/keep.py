@@ -31,6 +31,24 @@ a body that never verified -> ``BlockCorrupt``; any temporary failure left ->
 session layer re-signs the manifest on this, spec 4.5); every service said
 404/410 -> ``BlockNotFound``; a 413 -> ``BlockTooLarge``.
 
+Streaming reads
+---------------
+``read_chunks`` (used for whole-block sequential reads, e.g. a large GET)
+yields the keepstore's body as it arrives, hashing as it goes, so the first
+byte of a GET does not wait for a 64 MiB block.  The last piece is held back
+until the whole body hashed to the locator; a mismatch raises
+``BlockCorrupt`` instead, which cuts the response short: a corrupt block can
+truncate a response but never complete it.  A service that fails mid-body
+(network error or bad body) is replaced by the next one, which is read from
+the start: its prefix must hash like the bytes already passed on (else
+``BlockCorrupt``), then the stream continues where it stopped.  A service
+whose body failed verification is tried last for that block for a while
+(``_BadReplicas``), so a client retrying after a cut-short response is
+served from a good replica.  Streamed blocks are not added to the block
+cache (``BlockCache.read_chunks``): a long download must neither evict the
+working set nor hold 64 MiB per reader; ``get`` still fetches whole blocks
+(range reads, small files) and those are cached.
+
 Secrets: the token is only ever placed in the ``Authorization`` header.  Log
 lines and exception messages carry bare ``md5+size`` locators and service
 URLs, never tokens or signatures.
@@ -48,7 +66,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import requests
 import requests.adapters
@@ -182,6 +200,39 @@ class _BadBody(Exception):
     """A body that does not hash to the locator (a failed, retryable try)."""
 
 
+class _BadReplicas:
+    """(block md5, service uuid) pairs whose body recently failed its md5.
+
+    Reads try such a service last for that block for ``ttl`` seconds: a
+    streaming read that already passed bytes on cannot switch replicas
+    silently, so its client's retry must not meet the same bad copy first.
+    Shared by a client and its ``for_token`` copies."""
+
+    def __init__(self, max_entries: int = 4096, ttl: float = 600.0) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._lock = threading.Lock()  # guards _items
+        self._items: "OrderedDict[tuple[str, str], float]" = OrderedDict()
+
+    def add(self, md5: str, svc_uuid: str) -> None:
+        with self._lock:
+            self._items.pop((md5, svc_uuid), None)
+            self._items[(md5, svc_uuid)] = time.monotonic()
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def order(self, md5: str, services: list["KeepService"]) -> list["KeepService"]:
+        """``services`` with recently bad ones for this block moved last."""
+        if not self._items:
+            return services
+        now = time.monotonic()
+        with self._lock:
+            bad = {u for (m, u), t in self._items.items() if m == md5 and now - t < self.ttl}
+        if not bad:
+            return services
+        return [s for s in services if s.uuid not in bad] + [s for s in services if s.uuid in bad]
+
+
 class _RecentWrites:
     """Signed locators of blocks written but not yet saved in a collection.
 
@@ -274,6 +325,7 @@ class KeepClient(BlockStore):
         session: requests.Session | None = None,
         signature_ttl: Callable[[], float | None] | None = None,
         _written: "_RecentWrites | None" = None,
+        _bad: "_BadReplicas | None" = None,
     ) -> None:
         if api_url is None and services is None:
             raise ValueError("KeepClient needs an API URL or an explicit service list")
@@ -293,6 +345,7 @@ class KeepClient(BlockStore):
         self._pool_size = pool_size
         self.signature_ttl = signature_ttl
         self._written = _written if _written is not None else _RecentWrites()
+        self._bad = _bad if _bad is not None else _BadReplicas()
         self._token_key = hashlib.sha256(token.encode()).hexdigest()
         self._own_session = session is None
         if session is None:
@@ -341,6 +394,7 @@ class KeepClient(BlockStore):
             session=self._session,
             signature_ttl=self.signature_ttl,
             _written=self._written,
+            _bad=self._bad,
         )
         return clone
 
@@ -439,7 +493,8 @@ class KeepClient(BlockStore):
             tally.discovery_error = e
             tally.temporary = True
             return None
-        return [s for s in order if s.uuid not in tally.permanent]
+        usable = [s for s in order if s.uuid not in tally.permanent]
+        return usable if writable else self._bad.order(locator[:32], usable)
 
     @staticmethod
     def _check_locator(locator: str) -> tuple[str, int]:
@@ -470,6 +525,7 @@ class KeepClient(BlockStore):
                 except _BadBody:
                     tally.corrupt = True
                     tally.record(svc, 0)
+                    self._bad.add(md5, svc.uuid)
                     continue
                 except requests.RequestException as e:
                     log.debug("keep GET %s from %s: %s", bare_locator(locator), svc.url, type(e).__name__)
@@ -504,6 +560,96 @@ class KeepClient(BlockStore):
             return bytes(buf)
         finally:
             r.close()
+
+    def read_chunks(self, locator: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The block's bytes as they arrive from Keep (see "Streaming reads").
+
+        Pieces are at most ``chunk_size`` bytes; the last one is yielded only
+        after the whole body hashed to the locator.  Errors (including a
+        corrupt body, ``BlockCorrupt``) are raised from the iteration, after
+        the pieces already yielded."""
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        md5, size = self._check_locator(locator)
+        if size > MAX_BLOCK_SIZE:
+            raise BlockTooLarge(f"locator {bare_locator(locator)} claims more than 64 MiB")
+        return self._stream(locator, md5, size, chunk_size)
+
+    def _stream(self, locator: str, md5: str, size: int, chunk_size: int) -> Iterator[bytes]:
+        if md5 == EMPTY_BLOCK[:32] and size == 0:
+            return
+        sent = 0  # bytes passed on to the caller so far
+        sent_md5 = hashlib.md5()  # ... and their md5, to check a replacement service's prefix
+        tally = _Tally()
+        for rnd in self._rounds(tally):
+            cands = self._candidates(locator, tally, writable=False)
+            if cands is None:
+                continue
+            if not cands:
+                break
+            for svc in cands:
+                try:
+                    r = self._session.get(svc.url + locator, headers=self._headers(), timeout=self._timeout(svc, rnd),
+                                          stream=True, verify=self._verify)
+                except requests.RequestException as e:
+                    log.debug("keep GET %s from %s: %s", bare_locator(locator), svc.url, type(e).__name__)
+                    tally.record(svc, 0)
+                    continue
+                try:
+                    if r.status_code != 200:
+                        log.debug("keep GET %s from %s: HTTP %d", bare_locator(locator), svc.url, r.status_code)
+                        tally.record(svc, r.status_code)
+                        continue
+                    h = hashlib.md5()
+                    prefix = hashlib.md5() if sent else None  # this body's first ``sent`` bytes
+                    got = 0
+                    pending: bytes | None = None  # held back: the last piece waits for verification
+                    for chunk in r.iter_content(chunk_size):
+                        if not chunk:
+                            continue
+                        start, got = got, got + len(chunk)
+                        if got > size:
+                            raise _BadBody()
+                        h.update(chunk)
+                        if got <= sent:
+                            prefix.update(chunk)  # type: ignore[union-attr]
+                            continue
+                        if start < sent:
+                            prefix.update(chunk[: sent - start])  # type: ignore[union-attr]
+                            chunk = chunk[sent - start :]
+                        if prefix is not None:
+                            if prefix.digest() != sent_md5.digest():
+                                # Bytes already passed on differ from this copy's:
+                                # one of them is corrupt, and the caller has them.
+                                self._bad.add(md5, svc.uuid)
+                                raise BlockCorrupt(f"block {bare_locator(locator)}: replicas differ in the part "
+                                                   "already sent; response cut short")
+                            prefix = None
+                        if pending is not None:
+                            sent_md5.update(pending)
+                            sent += len(pending)
+                            yield pending
+                        pending = chunk
+                    if got != size or h.hexdigest() != md5:
+                        raise _BadBody()
+                    if pending is not None:
+                        yield pending
+                    return
+                except _BadBody:
+                    log.warning("keep GET %s from %s: body does not match its locator", bare_locator(locator), svc.url)
+                    tally.corrupt = True
+                    tally.record(svc, 0)
+                    self._bad.add(md5, svc.uuid)
+                    continue
+                except requests.RequestException as e:
+                    log.debug("keep GET %s from %s (streaming): %s", bare_locator(locator), svc.url, type(e).__name__)
+                    tally.record(svc, 0)
+                    continue
+                finally:
+                    r.close()
+            if not tally.temporary:
+                break
+        raise self._read_error(locator, tally)
 
     def _read_error(self, locator: str, tally: _Tally) -> BlockStoreError:
         bare = bare_locator(locator)

@@ -220,13 +220,15 @@ def self_signed_cert(directory: str | Path, host: str = "127.0.0.1") -> tuple[st
 @dataclass
 class _Rule:
     endpoint: str
-    action: str  # status | hang | drop | apply_drop | truncate | corrupt | malformed
+    action: str  # status | hang | drop | apply_drop | truncate | corrupt | malformed | stall
     remaining: int
     status: int = 503
     seconds: float = 0.0
     fraction: float = 0.5
     service: int | None = None
     match: str | None = None
+    gate: threading.Event | None = None  # stall: the rest of the body waits for this
+    done: threading.Event | None = None  # stall: set once the whole body was sent
 
 
 class Faults:
@@ -280,6 +282,16 @@ class Faults:
     def corrupt_next(self, n: int = 1, *, service: int | None = None) -> None:
         """Keep GET: a full-length body with one byte flipped (md5 mismatch)."""
         self._add(_Rule("keep_get", "corrupt", n, service=service))
+
+    def stall_next(self, n: int = 1, *, gate: threading.Event, done: threading.Event | None = None,
+                   fraction: float = 0.5, seconds: float = 30.0, corrupt: bool = False,
+                   service: int | None = None) -> None:
+        """Keep GET: send ``fraction`` of the body, then wait until ``gate`` is
+        set (at most ``seconds``) before sending the rest, then set ``done``;
+        ``corrupt`` also flips the body's last byte.  Shows whether a reader
+        streams (uses the first bytes before the block is complete)."""
+        self._add(_Rule("keep_get", "stall", n, seconds=seconds, fraction=fraction, service=service, gate=gate,
+                        done=done, status=1 if corrupt else 0))
 
     def malformed_json_next(self, n: int = 1, *, match: str | None = None) -> None:
         """API: a 200 whose body is not JSON."""
@@ -1420,6 +1432,23 @@ class FakeArvados:
                 return reply(404, b"block not found\n")
         if rule is not None and rule.action == "corrupt" and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if rule is not None and rule.action == "stall" and method == "GET" and data:
+            self._record(endpoint, environ, ks.index, 200, token)
+            start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))])
+            body = data[:-1] + bytes([data[-1] ^ 0xFF]) if rule.status else data
+            cut = max(1, min(len(body) - 1, int(len(body) * rule.fraction)))
+            gate = rule.gate
+
+            def stalled() -> Iterable[bytes]:
+                yield body[:cut]
+                assert gate is not None
+                gate.wait(rule.seconds)
+                for i in range(cut, len(body), 1 << 20):
+                    yield body[i : i + (1 << 20)]
+                if rule.done is not None:
+                    rule.done.set()
+
+            return stalled()
         if rule is not None and rule.action == "truncate" and method == "GET" and data:
             self._record(endpoint, environ, ks.index, 200, token)
             start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))])
