@@ -339,7 +339,10 @@ class Session:
             if cached is None or cached[0] is not tree or now - cached[1] < min_age:
                 return tree
             if self.catalog.revision(ident) == tree.record.get("_revision"):
-                self.manager.trees.touch(key, now)
+                # A stale tree's revision vouches for nothing: touching it
+                # would postpone its due reload for as long as misses come.
+                if not tree.stale:
+                    self.manager.trees.touch(key, now)
                 return tree
             return self._reload(key, ident, now)
 

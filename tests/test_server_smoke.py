@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import requests
 
+from davclient import DavClient, wait_until
 from server_util import running_server
 
 
@@ -45,3 +46,22 @@ def test_second_instance_sees_new_paths_at_once(tmp_path):
         time.sleep(0.6)
         assert requests.get(a.u("c/newdir/f.txt"), headers={"Cache-Control": "no-cache"}).content == b"via b"
         assert requests.get(b.u("c/newdir/f.txt")).content == b"via b"
+
+
+def test_polling_a_missing_path_does_not_keep_a_stale_tree(tmp_path):
+    """A tree whose own commit landed on a newer catalog revision (another
+    instance wrote meanwhile) lacks that other write but carries the new
+    revision (``stale``); it must be reloaded at the next revalidation even
+    when a client keeps asking for the missing path (each miss re-checks the
+    revision, finds it unchanged, and must not postpone that reload)."""
+    data = tmp_path / "shared"
+    with running_server(data, revalidate_seconds=1) as a, running_server(data, revalidate_seconds=1) as b:
+        ca, cb = DavClient(a.url), DavClient(b.url)
+        assert ca.mkcol("c/").status_code == 201
+        assert ca.put("c/warm.txt", b"w").status_code == 201  # a caches the tree
+        assert cb.put("c/from_b.txt", b"via b").status_code == 201
+        assert ca.put("c/from_a.txt", b"via a").status_code == 201  # committed on b's newer revision
+        # Ask a every 0.1 s (no Cache-Control): it must show b's file well within 5 s.
+        assert wait_until(lambda: ca.get("c/from_b.txt").status_code == 200, timeout=5, interval=0.1), \
+            "a kept serving a tree without b's file while it was polled"
+        assert ca.get("c/from_b.txt").content == b"via b"
