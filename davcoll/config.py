@@ -104,6 +104,12 @@ class Config:
     # PROPFIND Depth: infinity (or no Depth) on a folder is answered, streamed,
     # when the subtree has at most this many entries; 0 refuses it everywhere.
     propfind_infinity_max_entries: int = field(default=10_000, metadata={"min": 0})
+    # Per collection: creating a path more than max_depth components deep is
+    # refused (409); growing past max_entries files+folders or an (estimated)
+    # manifest of max_manifest_bytes answers 507.  Existing data stays readable.
+    max_depth: int = field(default=256, metadata={"min": 1})
+    max_entries: int = field(default=10_000_000, metadata={"min": 1})
+    max_manifest_bytes: int = field(default=1 << 30, metadata={"unit": "bytes", "min": 1})
     # Serve HTML/SVG/XML/JS files inline (same origin as every user's data);
     # default: as attachments, like keep-web without TrustAllContent.
     inline_active_content: bool = False

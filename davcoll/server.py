@@ -21,6 +21,7 @@ from typing import Any, Callable
 from cheroot import wsgi as cheroot_wsgi
 
 from . import __version__
+from .collection.limits import TreeLimits
 from .config import Config
 from .dav.auth import TokenAuthenticator
 from .dav.browser import DirectoryListing, SecurityHeaders
@@ -105,7 +106,8 @@ def build_app(cfg: Config, backend: Backend | None = None) -> App:
         backend,
         tree_cache_bytes=cfg.tree_cache,
         buffer_bytes=cfg.buffer_limit,
-        config=SessionConfig(revalidate_seconds=cfg.revalidate_seconds),
+        config=SessionConfig(revalidate_seconds=cfg.revalidate_seconds,
+                             tree_limits=TreeLimits(cfg.max_depth, cfg.max_entries, cfg.max_manifest_bytes)),
     )
     metrics = Metrics(cache_stats=backend.cache_stats, buffered=lambda: sessions.budget.used)
     props_store = getattr(backend, "props", None)

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from .collection import BusyError, ByteBudget, ChangeSet, CollectionTree, Flusher
+from .collection.limits import TreeLimits
 from .collection.locking import caller_holds
 from .collection.names import find_spelling
 from .manifest import is_portable_data_hash
@@ -171,6 +172,8 @@ class TreeCache:
 class SessionConfig:
     revalidate_seconds: float = 2.0
     list_cache_seconds: float = 1.0
+    # Per-collection caps every opened tree enforces (collection/limits.py).
+    tree_limits: TreeLimits = field(default_factory=TreeLimits)
 
 
 class SessionManager:
@@ -367,6 +370,7 @@ class Session:
             version=rec.version,
             mtime=parse_time(rec.modified_at),
             record=record,
+            limits=m.config.tree_limits,
         )
         if resigning is not None:
             def reload_soon() -> None:

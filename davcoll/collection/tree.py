@@ -47,6 +47,8 @@ lock at all.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import threading
 import time
@@ -60,9 +62,9 @@ from ..manifest import (
     StreamIndex,
     escape_name,
     index_streams,
-    portable_data_hash,
     render_empty_dir,
     render_stream,
+    strip_manifest,
 )
 from ..storage.blocks import BlockStore
 from .buffers import BufferBlock, ByteBudget, Flusher
@@ -76,9 +78,12 @@ from .errors import (
     NotADirectory,
     NotFound,
     ParentNotFound,
+    LimitExceeded,
     ReadOnly,
+    TooDeep,
 )
 from .commits import CommitQueue
+from .limits import UNSTORED_LOCATOR_LEN, TreeLimits, file_cost, text_entries
 from .names import check_name, check_new_name, find_spelling, spelling_for_new, split_path
 from .io import FileReader, FileWriter
 from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
@@ -145,11 +150,20 @@ class CollectionTree:
         version: int = 0,
         mtime: float | None = None,
         record: dict[str, Any] | None = None,
+        limits: TreeLimits | None = None,
     ) -> None:
         try:
             self._index: StreamIndex = index_streams(manifest_text)
         except ManifestError as e:
             raise CorruptManifest(str(e)) from e
+        self.limits = limits or TreeLimits()
+        # Running totals for the caps (see limits.py): set from the stored
+        # text once, then moved by each mutation (and its undo).
+        text = manifest_text if isinstance(manifest_text, str) else bytes(manifest_text).decode("utf-8", "replace")
+        self.entries = text_entries(text) + len(self._index.children) - 1
+        self.manifest_bytes = len(text)
+        # An upper bound of the depth of any path in the tree (never lowered).
+        self.depth_bound = max((k.count("/") + 2 for k in self._index.children if k), default=1)
         self.store = store
         self.flusher = flusher
         self.budget = budget
@@ -172,7 +186,7 @@ class CollectionTree:
         self._writer_thread: int | None = None
         # Bumped by every structural change (and undo); keys record_json's cache.
         self._gen = 0
-        self._record_cache: tuple[tuple, bytes] | None = None
+        self._record_cache: tuple[tuple, tuple] | None = None
         # Set when the catalog may hold changes this tree has not seen.
         self.stale = False
         # Set when a commit failed after later changes were queued on top:
@@ -291,16 +305,27 @@ class CollectionTree:
         return len(parts) == 1 and parts[0] == VIRTUAL_RECORD_NAME
 
     def record_json(self) -> bytes:
-        """Content of the virtual ``.arvados#collection`` file.
+        """Content of the virtual ``.arvados#collection`` file, whole.
 
-        Cached until the tree or the record changes, because WebDAV clients
-        stat the file before reading it and each render is a full marshal.
-        A tree that holds bytes not stored yet (another request's change
-        between mutation and commit) cannot be rendered: we wait for that
-        change to finish, or raise BusyError if it is our own thread's.
+        For small records and tests; the WebDAV layer streams
+        ``record_body()`` instead, which never holds a big manifest's text.
+        """
+        body = self.record_body()
+        return body.data if body.data is not None else b"".join(body)
+
+    def record_body(self) -> "RecordBody":
+        """The virtual ``.arvados#collection`` file: length and ETag known,
+        content rendered in chunks as it is read (see ``RecordBody``).
+
+        Length, ETag and the lazily computed PDH are cached until the tree
+        or the record changes, because WebDAV clients stat the file before
+        reading it.  A tree that holds bytes not stored yet (another
+        request's change between mutation and commit) cannot be rendered:
+        we wait for that change to finish, or raise BusyError if it is our
+        own thread's.
         """
         try:
-            return self._record_json_now()
+            return self._record_body_now()
         except NotStored:
             pass
         if self._writer_thread == threading.get_ident():
@@ -311,32 +336,79 @@ class CollectionTree:
             # Queued changes store their bytes when their group commits.
             if not self.commits.drain(RECORD_WAIT_TIMEOUT):
                 raise BusyError("collection is busy; try again")
-            return self._record_json_now()
+            return self._record_body_now()
         except NotStored as e:  # pragma: no cover - a change set leaked its buffers
             raise BusyError("the collection has uncommitted changes") from e
         finally:
             self.writer.release()
 
-    def _record_json_now(self) -> bytes:
+    def _record_body_now(self) -> "RecordBody":
         with self._lock:
             rec = {k: self.record.get(k) for k in _RECORD_KEYS if k != "manifest_text"}
             key = (self._gen, json.dumps(rec, sort_keys=True, default=str))
             cached = self._record_cache
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            rec["manifest_text"] = text = self.marshal()
-            if rec.get("portable_data_hash") is None and self._trusted:
-                # The catalog computes PDHs lazily; a trusted tree renders the
-                # very text the catalog stores, so its hash is the PDH.
-                rec["portable_data_hash"] = portable_data_hash(text)
-            data = (json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n").encode()
-            self._record_cache = (key, data)
-            return data
+            if cached is not None and cached[0] == key and cached[1][3] is not None:
+                length, etag, pdh, data = cached[1]
+                return RecordBody(self, [], b"", b"", length, etag, data)
+            # Pieces of the text: mostly references to stored lines, plus
+            # unloaded subtrees to be rendered later (no copy of the text).
+            pieces = list(self._marshal_iter(False, defer=True))
+        if cached is not None and cached[0] == key:
+            length, etag, pdh, _ = cached[1]
+            prefix, suffix = _record_frame(rec, pdh)
+            return RecordBody(self, pieces, prefix, suffix, length, etag, None)
+        # First pass: length, ETag and (if the catalog has none yet) the
+        # PDH, computed chunk by chunk without keeping the text.
+        need_pdh = rec.get("portable_data_hash") is None and self._trusted
+        pdh = rec.get("portable_data_hash")
+        md5 = hashlib.md5()
+        pdh_md5 = hashlib.md5()
+        pdh_len = 0
+        n = 0
+        small: list[bytes] | None = []
+        mid_line = False
+        for chunk in _chunks(self._expand(pieces)):
+            esc = json.dumps(chunk)[1:-1].encode()
+            n += len(esc)
+            md5.update(esc)
+            if small is not None:
+                small.append(esc)
+                if n > SMALL_RECORD:
+                    small = None
+            if need_pdh:
+                # The catalog computes PDHs lazily; a trusted tree renders
+                # the very text the catalog stores, so its hash is the PDH.
+                # A chunk that starts mid-line gets its space back, so a
+                # locator at its start is still recognised.
+                stripped = strip_manifest(" " + chunk)[1:] if mid_line else strip_manifest(chunk)
+                sb = stripped.encode()
+                pdh_md5.update(sb)
+                pdh_len += len(sb)
+            mid_line = chunk.endswith(" ")
+        if need_pdh:
+            pdh = f"{pdh_md5.hexdigest()}+{pdh_len}"
+        prefix, suffix = _record_frame(rec, pdh)
+        length = len(prefix) + n + len(suffix)
+        etag = hashlib.md5(prefix + md5.hexdigest().encode() + suffix).hexdigest()
+        data = prefix + b"".join(small) + suffix if small is not None else None
+        with self._lock:
+            if self._gen == key[0]:
+                self._record_cache = (key, (length, etag, pdh, data))
+        return RecordBody(self, pieces, prefix, suffix, length, etag, data)
+
+    def _expand(self, pieces: list[Any]) -> Iterator[str]:
+        """Snapshot pieces as text; ``_Deferred`` subtrees rendered now from
+        the immutable stream index (no lock: they touch no shared node)."""
+        for p in pieces:
+            if type(p) is str:
+                yield p
+            else:
+                yield from self._marshal_iter(False, start=p)
 
     def stat(self, path: str) -> Stat:
         parts = [p for p in path.split("/") if p]
         if self._is_virtual(parts):
-            return Stat(False, len(self.record_json()), self.mtime, None)
+            return Stat(False, self.record_body().length, self.mtime, None)
         split_path(path)
         with self._lock:
             node = self._walk(parts)
@@ -406,9 +478,7 @@ class CollectionTree:
     def open_read(self, path: str) -> FileReader | Any:
         parts = [p for p in path.split("/") if p]
         if self._is_virtual(parts):
-            import io
-
-            return io.BytesIO(self.record_json())
+            return self.record_body().reader()
         return FileReader(self.snapshot(path), self.store)
 
     def new_writer(self) -> FileWriter:
@@ -424,12 +494,19 @@ class CollectionTree:
         if self._is_virtual(parts):
             raise ReadOnly(f"{VIRTUAL_RECORD_NAME} is read-only")
 
-    def _set(self, change: "ChangeSet", parent: DirNode, ch: dict, name: str, value: Any) -> None:
-        """Set or delete (value None) one entry, recording undo information."""
+    def _set(self, change: "ChangeSet", parent: DirNode, ch: dict, name: str, value: Any,
+             delta: tuple[int, int] = (0, 0)) -> None:
+        """Set or delete (value None) one entry, recording undo information.
+
+        ``delta`` is what the change adds to the running entry count and
+        manifest size (see ``limits.py``); the undo takes it back.
+        """
         old = ch.get(name)
         old_mtime = parent.mtimes.get(name) if parent.mtimes else None
-        change._undo.append((self, parent, name, old, old_mtime, parent.tail))
+        change._undo.append((self, parent, name, old, old_mtime, parent.tail, delta))
         self._gen += 1
+        self.entries += delta[0]
+        self.manifest_bytes += delta[1]
         if value is None:
             ch.pop(name, None)
             if parent.mtimes:
@@ -454,9 +531,15 @@ class CollectionTree:
                 raise IsADirectory(path)
             if old is None:
                 check_new_name(name)
+                self._check_depth(len(resolved))
+                delta = (1, file_cost(name, segs))
             elif old == segs:
                 return False
-            self._set(change, parent, ch, name, segs)
+            else:
+                delta = (0, file_cost(name, segs) - file_cost(name, old))
+            self._check_growth(delta)
+            self._set(change, parent, ch, name, segs, delta)
+            self.depth_bound = max(self.depth_bound, len(resolved))
         change._ops.append(("put", self, "/".join(resolved), segs))
         return old is None
 
@@ -469,7 +552,11 @@ class CollectionTree:
             if name in ch:
                 raise AlreadyExists(path)
             check_new_name(name)
-            self._set(change, parent, ch, name, DirNode(children={}))
+            self._check_depth(len(resolved))
+            delta = (1, _sname_len(resolved) + 45)
+            self._check_growth(delta)
+            self._set(change, parent, ch, name, DirNode(children={}), delta)
+            self.depth_bound = max(self.depth_bound, len(resolved))
         change._ops.append(("mkdir", self, "/".join(resolved), None))
 
     def remove(self, change: "ChangeSet", path: str) -> None:
@@ -483,8 +570,93 @@ class CollectionTree:
             parent, ch, name, resolved = self._parent(parts)
             if name not in ch:
                 raise NotFound(path)
-            self._set(change, parent, ch, name, None)
+            gone = self._measure(ch[name], name, _sname_len(resolved))
+            self._set(change, parent, ch, name, None, (-gone[0], -gone[1]))
         change._ops.append(("delete", self, "/".join(resolved), None))
+
+    # ------------------------------------------------------------------ limits
+
+    def _check_depth(self, depth: int) -> None:
+        """Refuse to create a path ``depth`` components deep past max_depth."""
+        limit = self.limits.max_depth
+        if depth > limit:
+            raise TooDeep(f"the result would be {depth} levels deep; the limit is {limit} levels")
+
+    def _check_growth(self, delta: tuple[int, int]) -> None:
+        """Refuse a change that grows the collection past a cap (limits.py).
+
+        Only growth is refused: a change that shrinks (or keeps) the totals
+        is allowed even in a collection that is over a cap already.
+        """
+        lim = self.limits
+        entries, size = delta[0], delta[1]
+        if entries > 0 and self.entries + entries > lim.max_entries:
+            raise LimitExceeded(
+                f"the collection would hold {self.entries + entries} files and folders; "
+                f"the limit is {lim.max_entries}"
+            )
+        if size > 0 and self.manifest_bytes + size > lim.max_manifest_bytes:
+            raise LimitExceeded(
+                f"the collection's manifest would grow to about {self.manifest_bytes + size} bytes; "
+                f"the limit is {lim.max_manifest_bytes}"
+            )
+
+    def _measure(self, entry: Any, name: str, sname_len: int) -> tuple[int, int, int]:
+        """``(entries, manifest bytes, height)`` of ``entry`` placed under
+        the name ``name`` with a stream name ``sname_len`` long.
+
+        Height: how many levels the deepest path inside reaches below
+        ``entry`` (0 for a file or an empty folder).  Walks the subtree
+        iteratively; unloaded directories are measured from their stored
+        lines without parsing them (see limits.py).  Caller holds _lock.
+        """
+        if type(entry) is not DirNode:
+            return 1, file_cost(name, entry), 0
+        index = self._index
+        entries = 1
+        size = 0
+        height = 0
+        stack: list[tuple[Any, str, int, int]] = [(entry, "", sname_len, 0)]
+        while stack:
+            node, src, slen, depth = stack.pop()
+            if depth > height:
+                height = depth
+            if node is not None and node.children is None:
+                node, src = None, node.src or ""
+            if node is None:
+                lines = index.lines.get(src, ())
+                kids = index.children.get(src, ())
+                for _n, text in lines:
+                    entries += text_entries(text)
+                    size += len(text) + 1 + slen - text.find(" ")
+                if lines and depth + 1 > height:
+                    height = depth + 1
+                elif not lines and not kids:
+                    size += slen + 45
+                prefix = src + "/" if src else ""
+                for k in kids:
+                    entries += 1
+                    stack.append((None, prefix + k, slen + 1 + len(k), depth + 1))
+                continue
+            ch = node.children
+            locs: set = set()
+            files = 0
+            for k, v in ch.items():
+                entries += 1
+                if type(v) is DirNode:
+                    stack.append((v, "", slen + 1 + len(k), depth + 1))
+                else:
+                    files += 1
+                    size += len(k) + 24
+                    for seg in v:
+                        locs.add(seg[0])
+            if files:
+                size += slen + 2 + sum(len(x) + 1 if type(x) is str else UNSTORED_LOCATOR_LEN for x in locs)
+                if depth + 1 > height:
+                    height = depth + 1
+            elif not ch:
+                size += slen + 45
+        return entries, size, height
 
     def _copy_entry(self, entry: Any) -> Any:
         """A structurally independent copy (segment tuples are shared).
@@ -528,6 +700,9 @@ class CollectionTree:
         self._check_writable(dp)
         if not sp or not dp:
             raise InvalidMove("cannot move or copy the collection root")
+        if dp[: len(sp)] == sp:
+            # Spelled the same (the resolved spellings are compared below too).
+            raise InvalidMove("source and destination are the same" if sp == dp else "cannot move or copy a directory into itself")
         change.acquire(self)
         with self._lock:
             sres: list[str] = []
@@ -544,6 +719,24 @@ class CollectionTree:
                 raise AlreadyExists(dst)
             if existing is None:
                 check_new_name(dname)
+            dslen = _sname_len(dres)
+            gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
+            if type(entry) is DirNode and not recursive:
+                self._check_depth(len(dres))
+                added: tuple[int, int, int] = (1, dslen + 45, 0)
+            elif move:
+                # Entries stay the same; only a move that goes deeper than
+                # the depth bound allows needs the subtree's height.
+                height = self.depth_bound - len(sres)
+                if len(dres) > len(sres) and len(dres) + height > self.limits.max_depth:
+                    height = self._measure(entry, dname, dslen)[2]
+                    self._check_depth(len(dres) + height)
+                added = (0, 0, height)
+            else:
+                added = self._measure(entry, dname, dslen)
+                self._check_depth(len(dres) + added[2])
+            delta = (added[0] - gone[0], added[1] - gone[1])
+            self._check_growth(delta)
             if type(entry) is DirNode and not recursive:
                 value: Any = DirNode(children={})
                 kind = "mkdir"
@@ -553,7 +746,8 @@ class CollectionTree:
             if move:
                 sparent, sch, sname, _ = self._parent(sres)
                 self._set(change, sparent, sch, sname, None)
-            self._set(change, dparent, dch, dname, value)
+            self._set(change, dparent, dch, dname, value, delta)
+            self.depth_bound = max(self.depth_bound, len(dres) + added[2])
         src_path, dst_path = "/".join(sres), "/".join(dres)
         change._ops.append((kind, self, dst_path, src_path if kind != "mkdir" else None))
         return existing is None
@@ -565,13 +759,27 @@ class CollectionTree:
         self._check_writable(dp)
         if not dp:
             raise InvalidMove("cannot replace the collection root")
+        # Writer lock first (it is the outer lock): the limits are checked
+        # against totals that no other writer can move until we are done.
+        change.acquire(self)
         with src_tree._lock:
             entry = src_tree._walk(sp) if sp else src_tree.root
+        with self._lock:
+            _, _, dname, dres = self._parent(dp)
+        dslen = _sname_len(dres)
+        with src_tree._lock:
+            if type(entry) is DirNode and not recursive:
+                added: tuple[int, int, int] = (1, dslen + 45, 0)
+            else:
+                # Measured before anything is copied: a refused copy of a
+                # huge subtree costs a walk, not a materialized copy.
+                added = src_tree._measure(entry, dname, dslen)
+            self._check_depth(len(dres) + added[2])
+            self._check_growth(added[:2])
             if type(entry) is DirNode:
                 content: Any = src_tree._materialize(entry) if recursive else Dir()
             else:
                 content = entry
-        change.acquire(self)
         with self._lock:
             dparent, dch, dname, dres = self._parent(dp)
             existing = dch.get(dname)
@@ -579,8 +787,12 @@ class CollectionTree:
                 raise AlreadyExists(dst)
             if existing is None:
                 check_new_name(dname)
+            gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
+            delta = (added[0] - gone[0], added[1] - gone[1])
+            self._check_growth(delta)
             value = self._from_dir(content) if isinstance(content, Dir) else content
-            self._set(change, dparent, dch, dname, value)
+            self._set(change, dparent, dch, dname, value, delta)
+            self.depth_bound = max(self.depth_bound, len(dres) + added[2])
         change._ops.append(("import", self, "/".join(dres), content))
         return existing is None
 
@@ -808,6 +1020,124 @@ class _Deferred:
         self.sname = sname
 
 
+#: Records up to this many bytes are kept whole in the cache (and served
+#: with ranges); bigger ones are rendered anew, chunk by chunk, per read.
+SMALL_RECORD = 1 << 18
+_CHUNK = 1 << 16
+_PLACEHOLDER = "\x00davcoll-manifest-text\x00"
+
+
+def _record_frame(rec: dict[str, Any], pdh: str | None) -> tuple[bytes, bytes]:
+    """The record's JSON before and after the manifest text (quotes included).
+
+    Keys are sorted, so this is byte-identical to dumping the whole record.
+    """
+    rec = dict(rec, manifest_text=_PLACEHOLDER, portable_data_hash=pdh)
+    text = json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n"
+    marker = json.dumps(_PLACEHOLDER)
+    i = text.index(marker)  # "manifest_text" sorts before every other key
+    return (text[:i] + '"').encode(), ('"' + text[i + len(marker) :]).encode()
+
+
+def _chunks(pieces: Iterator[str], size: int | None = None) -> Iterator[str]:
+    """Pieces of manifest text regrouped into chunks of about ``size``
+    characters, each ending just after a newline or a space (the last one
+    wherever the text ends), so that no chunk is ever the whole text of a
+    big manifest and each can be JSON-escaped (and stripped) on its own."""
+    if size is None:
+        size = _CHUNK
+    buf: list[str] = []
+    n = 0
+    for p in pieces:
+        if len(p) <= size:
+            buf.append(p)
+            n += len(p)
+            if n >= size and (p.endswith("\n") or p.endswith(" ")):
+                yield "".join(buf)
+                buf, n = [], 0
+            continue
+        i = 0
+        while len(p) - i > size:
+            cut = p.rfind(" ", i, i + size)
+            if cut < i:
+                cut = p.find(" ", i + size)
+                if cut < 0:
+                    break
+            buf.append(p[i : cut + 1])
+            yield "".join(buf)
+            buf, n = [], 0
+            i = cut + 1
+        rest = p[i:]
+        buf.append(rest)
+        n += len(rest)
+    if buf:
+        yield "".join(buf)
+
+
+class RecordBody:
+    """A snapshot of ``.arvados#collection``: ``length`` and ``etag`` are
+    known up front; iterating renders the JSON chunk by chunk (manifest
+    text pieces escaped one by one), so even a million-file record is never
+    held whole in memory.  Small records carry their bytes in ``data``."""
+
+    def __init__(self, tree: CollectionTree, pieces: list[Any], prefix: bytes, suffix: bytes,
+                 length: int, etag: str, data: bytes | None) -> None:
+        self.tree = tree
+        self.pieces = pieces
+        self.prefix = prefix
+        self.suffix = suffix
+        self.length = length
+        self.etag = etag
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.data is not None:
+            yield self.data
+            return
+        yield self.prefix
+        for chunk in _chunks(self.tree._expand(self.pieces)):
+            yield json.dumps(chunk)[1:-1].encode()
+        yield self.suffix
+
+    def reader(self) -> "_IterReader":
+        """A read-only file object over the content."""
+        return _IterReader(iter(self))
+
+
+class _IterReader(io.RawIOBase):
+    """``read(n)`` over an iterator of byte chunks (no seeking)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if n is None or n < 0:
+            data = self._buf + b"".join(self._chunks)
+            self._buf = b""
+            return data
+        while len(self._buf) < n:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                break
+            self._buf += nxt
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _sname_len(parts: list[str]) -> int:
+    """Approximate length of the stream name ``./a/b`` of a path."""
+    return 1 + sum(len(p) + 1 for p in parts)
+
+
 def _zero_segments(n: int, budget: ByteBudget) -> list[tuple]:
     """Segments of ``n`` zero bytes, sharing one buffered zero block."""
     if n <= 0:
@@ -944,8 +1274,10 @@ class ChangeSet:
         self._ops.clear()
 
     def _undo_all(self) -> None:
-        for tree, parent, name, old, old_mtime, old_tail in reversed(self._undo):
+        for tree, parent, name, old, old_mtime, old_tail, delta in reversed(self._undo):
             tree._gen += 1
+            tree.entries -= delta[0]
+            tree.manifest_bytes -= delta[1]
             ch = parent.children
             if ch is None:
                 continue

@@ -297,7 +297,9 @@ def stream_name(path: str) -> str:
     """Escaped stream token of a decoded directory path ('' -> '.')."""
     if not path:
         return "."
-    return "./" + "/".join(escape_name(p) for p in path.split("/"))
+    # Names never contain "/" and escape_name leaves "/" alone, so the whole
+    # path escapes in one call (deep trees have thousands of components).
+    return "./" + escape_name(path)
 
 
 def _join(parent: str, name: str) -> str:
@@ -518,8 +520,15 @@ def _tree_at(conn: sqlite3.Connection, cid: int, version: int) -> Dir:
     def dir_of(path: str) -> Dir:
         d = dirs.get(path)
         if d is None:  # rows come parents-first (key order); this is a fallback
-            parent, name = _split(path)
-            d = dirs[path] = dir_of(parent).setdefault(name, Dir())
+            # Iterative: climb to the nearest known ancestor, then create down.
+            missing = [path]
+            parent, _ = _split(path)
+            while parent not in dirs:
+                missing.append(parent)
+                parent, _ = _split(parent)
+            d = dirs[parent]
+            for p in reversed(missing):
+                d = dirs[p] = d.setdefault(_split(p)[1], Dir())
         return d
 
     for parent, name, kind, segs in conn.execute(

@@ -184,10 +184,23 @@ def lookup(root: Dir, parts: Sequence[str]) -> Dir | tuple | None:
 
 
 def _deep_copy(node: Dir | tuple) -> Dir | tuple:
-    """Copy a subtree's directories (files are immutable tuples)."""
+    """Copy a subtree's directories (files are immutable tuples).
+
+    Iterative: a tree may be nested deeper than Python's recursion limit.
+    """
     if type(node) is tuple:
         return node
-    return Dir({name: _deep_copy(child) for name, child in node.items()})
+    top = Dir()
+    stack: list[tuple[Dir, Dir]] = [(node, top)]
+    while stack:
+        src, out = stack.pop()
+        for name, child in src.items():
+            if type(child) is tuple:
+                out[name] = child
+            else:
+                sub = out[name] = Dir()
+                stack.append((child, sub))
+    return top
 
 
 class _CopyOnWrite:

@@ -122,7 +122,15 @@ def render_go_layout(root: Dir) -> str:
     return "".join(out)
 
 
-def _go_dir(d: Dir, stream: str, out: list[str]) -> None:
+def _go_dir(top: Dir, top_stream: str, out: list[str]) -> None:
+    # An explicit stack, not recursion: trees may nest deeper than Python's stack.
+    stack: list[tuple[Dir, str]] = [(top, top_stream)]
+    while stack:
+        d, stream = stack.pop()
+        _go_one_dir(d, stream, out, stack)
+
+
+def _go_one_dir(d: Dir, stream: str, out: list[str], stack: list[tuple[Dir, str]]) -> None:
     files = []
     subdirs = []
     for name in sorted(d):
@@ -157,19 +165,23 @@ def _go_dir(d: Dir, stream: str, out: list[str]) -> None:
         out.append(f"{stream} {' '.join(blocks)} {toks}\n")
     elif not d and stream != ".":
         out.append(render_empty_dir(stream))
-    for name, sub in subdirs:
-        _go_dir(sub, stream + "/" + escape_name(name), out)
+    for name, sub in reversed(subdirs):  # popped in sorted order
+        stack.append((sub, stream + "/" + escape_name(name)))
 
 
 def _strip_tree(d: Dir) -> Dir:
-    """A copy of the tree with ``+A`` hints removed from every locator."""
-    out = Dir()
-    for name, v in d.items():
-        if type(v) is tuple:
-            out[name] = tuple((sg.strip_permission(loc), off, ln) for loc, off, ln in v)
-        else:
-            out[name] = _strip_tree(v)
-    return out
+    """A copy of the tree with ``+A`` hints removed from every locator (iterative)."""
+    top = Dir()
+    stack: list[tuple[Dir, Dir]] = [(d, top)]
+    while stack:
+        src, out = stack.pop()
+        for name, v in src.items():
+            if type(v) is tuple:
+                out[name] = tuple((sg.strip_permission(loc), off, ln) for loc, off, ln in v)
+            else:
+                sub = out[name] = Dir()
+                stack.append((v, sub))
+    return top
 
 
 def self_signed_cert(directory: str | Path, host: str = "127.0.0.1") -> tuple[str, str]:
