@@ -238,19 +238,16 @@ def _token_of(r: requests.Response) -> str:
 
 
 def _arvados_instance(fake, tmp_path: Path, name: str, url: str):
-    from davcoll.backends import ArvadosBackend
+    from fake_cluster import arvados_server
 
-    backend = ArvadosBackend(fake.api_url, data_dir=tmp_path / name, shared_state=url,
-                             client_options={"backoff_start": 0.01, "retries": 2},
-                             keep_options={"backoff_start": 0.01, "num_retries": 2})
-    return running_server(tmp_path / name, backend_impl=backend, anonymous="none", backend="arvados",
-                          arvados_api_host=fake.api_url, shared_state=url)
+    # Test retry defaults: backoff 0.01 s, 2 retries (API and Keep).
+    return arvados_server(fake, tmp_path / name, shared_state=url, anonymous="none")
 
 
 def test_two_arvados_instances_share_locks_and_props(tmp_path, redis_url):
-    from davcoll.testing.fake_arvados import FakeArvados
+    from fake_cluster import fake_cluster
 
-    with FakeArvados(keepstores=1, seed=3) as fake:
+    with fake_cluster(keepstores=1, seed=3) as fake:
         h = _auth(fake.add_user("alice"))
         with _arvados_instance(fake, tmp_path, "i1", redis_url) as s1, _arvados_instance(fake, tmp_path, "i2", redis_url) as s2:
             assert requests.request("MKCOL", s1.u("docs/"), headers=h).status_code == 201
