@@ -16,7 +16,7 @@ from wsgidav.dav_error import HTTP_METHOD_NOT_ALLOWED, HTTP_NOT_MODIFIED, HTTP_P
 from wsgidav.dav_provider import DAVProvider
 
 from ..collection import VIRTUAL_RECORD_NAME, CollectionTree, FsError, InvalidName, IsADirectory, NotADirectory, NotFound, Stat
-from ..collection.segments import etag_of, size_of
+from ..collection.segments import size_of
 from ..session import parse_time
 from ..storage.catalog import CatalogError, CollectionRecord
 from .auth import path_token_width
@@ -112,7 +112,8 @@ class CollectionProvider(UrlSpace, DAVProvider):
             # Locks and dead properties key on the stored spelling, whichever
             # equivalent spelling the request used.
             loc.inner = tree.resolve(loc.inner)
-        st = Stat(False, size_of(segs), _mtime(tree, loc.inner), etag_of(segs))
+        # No ETag here: FileResource computes it from ``segs`` when asked (once).
+        st = Stat(False, size_of(segs), _mtime(tree, loc.inner), None)
         return FileResource(path, environ, loc, st, segs)
 
     def _after_miss(self, environ: dict, loc: Location, tree: CollectionTree) -> CollectionTree | None:

@@ -591,6 +591,8 @@ class FileResource(_Mixin, DAVNonCollection):
         self.stat = stat
         self._segs = segs
         self._writer = None
+        self._etag: str | None = None  # etag_of(self._segs), computed once on demand
+        self._etag_after_commit = False  # written by this request: the sync middleware sends the ETag
 
     def _snapshot(self) -> tuple:
         if self._segs is None:
@@ -627,8 +629,14 @@ class FileResource(_Mixin, DAVNonCollection):
         return QUOTA_AVAILABLE
 
     def get_etag(self):
+        if self._etag_after_commit:
+            # Before the commit stores the tail, an ETag would name an unstored
+            # buffer; the sync middleware adds the stored one to the response.
+            return None
         if self._segs is not None:
-            return etag_of(self._segs)
+            if self._etag is None:
+                self._etag = etag_of(self._segs)
+            return self._etag
         return self.stat.etag if self.stat else None
 
     def support_etag(self):
@@ -691,9 +699,10 @@ class FileResource(_Mixin, DAVNonCollection):
             writer.abort()
             raise self._fail(e) from e
         self._segs = segs
-        self.stat = Stat(False, size_of(segs), time.time(), etag_of(segs))
-        # The ETag WsgiDAV sends is computed before the commit stores the
-        # tail; the sync middleware recomputes it from the stored segments.
+        self.stat = Stat(False, size_of(segs), time.time(), None)
+        # The ETag is computed once, by the sync middleware after the commit
+        # stored the tail (get_etag answers None until then, so WsgiDAV adds none).
+        self._etag_after_commit = True
         context_of(self.environ).etag = lambda: etag_of(segs)
         self._forget_resolution()
 
