@@ -80,10 +80,12 @@ class DavClient:
 
     @property
     def http(self) -> requests.Session:
-        """This thread's session (requests.Session is not thread-safe)."""
+        """This thread's session (requests.Session is not thread-safe); it
+        carries the default headers, so plain ``http.get(url)`` is authorized."""
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
+            s.headers.update(self.headers)
         return s
 
     def u(self, path: str = "") -> str:
@@ -126,11 +128,13 @@ class DavClient:
     def mkcol(self, path: str, **kw: Any) -> requests.Response:
         return self.req("MKCOL", path, **kw)
 
-    def copy(self, src: str, dst: str, *, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
-        return self.req("COPY", src, headers={"Destination": dst, **(headers or {})}, **kw)
+    def copy(self, src: str, dst: str, headers: dict[str, str] | None = None, **more_headers: str) -> requests.Response:
+        """COPY to ``dst`` (a path or URL); keywords are headers (Overwrite="F", Depth="0")."""
+        return self.req("COPY", src, headers={"Destination": dst, **(headers or {}), **more_headers})
 
-    def move(self, src: str, dst: str, *, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
-        return self.req("MOVE", src, headers={"Destination": dst, **(headers or {})}, **kw)
+    def move(self, src: str, dst: str, headers: dict[str, str] | None = None, **more_headers: str) -> requests.Response:
+        """MOVE to ``dst`` (a path or URL); keywords are headers (Overwrite="F")."""
+        return self.req("MOVE", src, headers={"Destination": dst, **(headers or {}), **more_headers})
 
     def propfind(self, path: str, depth: str | None = "1", body: Any = None, *, headers: dict[str, str] | None = None,
                  **kw: Any) -> requests.Response:

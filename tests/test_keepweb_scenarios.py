@@ -37,6 +37,7 @@ import pytest
 import requests
 
 from davcoll.storage.catalog import Unavailable
+from davclient import DavClient, parse_multistatus, wait_until
 from server_util import running_server
 
 D = "{DAV:}"
@@ -53,41 +54,9 @@ LOCK_BODY = (
 # ---------------------------------------------------------------- fixtures
 
 
-class Client:
-    """requests with a base URL and a token; paths are quoted here."""
-
-    def __init__(self, base: str, token: str | None) -> None:
-        self.base = base
-        self.http = requests.Session()
-        if token:
-            self.http.headers["Authorization"] = f"Bearer {token}"
-
-    def u(self, path: str) -> str:
-        return self.base + quote(path.lstrip("/"), safe="/=+")
-
-    def req(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 60)
-        kw.setdefault("allow_redirects", False)
-        return self.http.request(method, self.u(path), **kw)
-
-    def get(self, path, **kw):
-        return self.req("GET", path, **kw)
-
-    def put(self, path, data=b"", **kw):
-        return self.req("PUT", path, data=data, **kw)
-
-    def mkcol(self, path, **kw):
-        return self.req("MKCOL", path, **kw)
-
-    def propfind(self, path, depth="1", body=None, **kw):
-        headers = {"Depth": depth, **kw.pop("headers", {})}
-        return self.req("PROPFIND", path, data=body, headers=headers, **kw)
-
-    def copy(self, src, dst, **headers):
-        return self.req("COPY", src, headers={"Destination": self.u(dst), **headers})
-
-    def move(self, src, dst, **headers):
-        return self.req("MOVE", src, headers={"Destination": self.u(dst), **headers})
+def Client(base: str, token: str | None) -> DavClient:
+    """A client with a token; paths are quoted, redirects not followed."""
+    return DavClient(base, token=token, quote_paths=True, allow_redirects=False)
 
 
 class Env:
@@ -145,22 +114,13 @@ def coll(env):
 
 def multistatus(r: requests.Response) -> dict[str, dict]:
     """href → {'is_dir', 'props': {tag: element}, 'status': {tag: code}}."""
-    assert r.status_code == 207, (r.status_code, r.text[:500])
-    root = ET.fromstring(r.content)
     out = {}
-    for resp in root.findall(f"{D}response"):
-        href = resp.find(f"{D}href").text
-        props: dict[str, ET.Element] = {}
-        status: dict[str, int] = {}
-        for ps in resp.findall(f"{D}propstat"):
-            code = int(ps.find(f"{D}status").text.split()[1])
-            for p in ps.find(f"{D}prop"):
-                status[p.tag] = code
-                if code == 200:
-                    props[p.tag] = p
-        rt = props.get(f"{D}resourcetype")
-        is_dir = rt is not None and rt.find(f"{D}collection") is not None
-        out[href] = {"is_dir": is_dir, "props": props, "status": status}
+    for resp in parse_multistatus(r):
+        out[resp.href] = {
+            "is_dir": resp.is_dir,
+            "props": {tag: el for tag, (code, el) in resp.props.items() if code == 200},
+            "status": {tag: code for tag, (code, _) in resp.props.items()},
+        }
     return out
 
 
@@ -853,10 +813,8 @@ def test_s48_change_behind_our_back(env, coll):
     # and without no-cache, within the revalidation interval (2 s) + listing memo (1 s)
     env.catalog.update(rec.uuid, replace_files={"/behind2.txt": f"manifest_text/behind.txt"},
                        manifest_text=f". {loc} 0:6:behind.txt\n")
-    deadline = time.monotonic() + 6
-    while env.c.get(f"{coll}/behind2.txt").status_code != 200:
-        assert time.monotonic() < deadline, "external change never became visible"
-        time.sleep(0.2)
+    assert wait_until(lambda: env.c.get(f"{coll}/behind2.txt").status_code == 200, timeout=6, interval=0.2), \
+        "external change never became visible"
     assert env.c.get(f"{coll}/seen").content == b"s"
 
 
@@ -874,7 +832,6 @@ def test_s49_parallel_mkcol_and_puts(env, coll):
 
         codes = list(pool.map(put, payload))
     assert codes == [201] * (n * n)
-    time.sleep(1)
     for (i, j), data in payload.items():
         r = env.c.get(f"{coll}/dir{i}/file{j}")
         assert r.status_code == 200 and r.content == data
