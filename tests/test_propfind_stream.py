@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlparse
 import pytest
 import requests
 
+from davclient import parse_multistatus
 from server_util import running_server
 
 D = "{DAV:}"
@@ -50,21 +51,13 @@ def propfind(srv, path: str, depth: str | None = "1", body: bytes | str = b"", h
 
 def responses(r: requests.Response) -> dict[str, dict[str, tuple[int, ET.Element]]]:
     """Decoded href → {prop tag: (status code, element)} (status-only responses: {'': (code, None)})."""
-    assert r.status_code == 207, (r.status_code, r.text[:500])
-    root = ET.fromstring(r.content)
-    assert root.tag == f"{D}multistatus"
     out: dict[str, dict] = {}
-    for resp in root.findall(f"{D}response"):
-        href = unquote(resp.find(f"{D}href").text)
+    for resp in parse_multistatus(r):  # asserts a 207 multistatus
+        href = unquote(resp.href)
         assert href not in out, f"duplicate response for {href}"
-        props: dict[str, tuple[int, ET.Element]] = {}
-        st = resp.find(f"{D}status")
-        if st is not None:
-            props[""] = (int(st.text.split()[1]), None)
-        for ps in resp.findall(f"{D}propstat"):
-            code = int(ps.find(f"{D}status").text.split()[1])
-            for p in ps.find(f"{D}prop"):
-                props[p.tag] = (code, p)
+        props: dict[str, tuple[int, ET.Element | None]] = dict(resp.props)
+        if resp.status is not None:
+            props[""] = (resp.status, None)
         out[href] = props
     return out
 
