@@ -765,8 +765,10 @@ class CollectionTree:
         with src_tree._lock:
             entry = src_tree._walk(sp) if sp else src_tree.root
         with self._lock:
-            _, _, dname, dres = self._parent(dp)
-        dslen = _sname_len(dres)
+            _, dch, dname, dres = self._parent(dp)
+            dslen = _sname_len(dres)
+            existing = dch.get(dname)
+            gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
         with src_tree._lock:
             if type(entry) is DirNode and not recursive:
                 added: tuple[int, int, int] = (1, dslen + 45, 0)
@@ -775,7 +777,7 @@ class CollectionTree:
                 # huge subtree costs a walk, not a materialized copy.
                 added = src_tree._measure(entry, dname, dslen)
             self._check_depth(len(dres) + added[2])
-            self._check_growth(added[:2])
+            self._check_growth((added[0] - gone[0], added[1] - gone[1]))
             if type(entry) is DirNode:
                 content: Any = src_tree._materialize(entry) if recursive else Dir()
             else:
