@@ -18,9 +18,9 @@ from urllib.parse import quote, unquote, urlparse
 import pytest
 import requests
 
-from davcoll.backends import ArvadosBackend
 from davcoll.manifest import escape_name
-from davcoll.testing.fake_arvados import FakeArvados
+from davclient import hrefs
+from fake_cluster import arvados_server, fake_cluster
 from server_util import running_server
 
 FRESH = {"Cache-Control": "no-cache"}
@@ -53,10 +53,11 @@ def srv(request, tmp_path_factory):
 
             yield Server(s, requests.Session(), backend.catalog_, backend.blocks.put, set_manifest)
         return
-    with FakeArvados(keepstores=1, seed=5) as fake:
+    with fake_cluster(keepstores=1, seed=5) as fake:
         token = fake.add_user("safety")
-        backend = ArvadosBackend(fake.api_url, data_dir=tmp / "data")
-        with running_server(tmp / "data", backend_impl=backend) as s:
+        # client_options/keep_options={}: the backend's own retry settings.
+        with arvados_server(fake, tmp / "data", client_options={}, keep_options={}, anonymous="write") as s:
+            backend = s.app.backend
             http = requests.Session()
             http.headers["Authorization"] = f"Bearer {token}"
             yield Server(s, http, backend.catalog(backend.authenticate(token)), fake.store_block,
@@ -104,8 +105,7 @@ def listing(srv, path: str, depth: str = "1") -> list[str]:
     """Hrefs of a PROPFIND, as the server wrote them."""
     r = srv.http.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
     assert r.status_code == 207, r.text
-    root = ET.fromstring(r.content)
-    return [e.text or "" for e in root.iter("{DAV:}href")]
+    return hrefs(r)
 
 
 def catalog(srv):
