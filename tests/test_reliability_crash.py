@@ -27,7 +27,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
@@ -38,6 +37,7 @@ from davcoll.gc import collect_garbage
 from davcoll.manifest import parse_manifest
 from davcoll.storage.local_blocks import LocalBlockStore
 from davcoll.storage.local_catalog import LocalCatalog, db_path_for
+from davclient import hrefs
 from server_util import ServerProcess
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -110,7 +110,7 @@ def check_state(url: str, expected: dict[int, str], unanswered: dict[int, str], 
     # The listing agrees with the catalog.
     r = requests.request("PROPFIND", url + "c/", headers={"Depth": "1"}, timeout=60)
     assert r.status_code == 207
-    listed = {unquote(h.text).rstrip("/").rsplit("/", 1)[-1] for h in ET.fromstring(r.content).iter("{DAV:}href")}
+    listed = {unquote(h).rstrip("/").rsplit("/", 1)[-1] for h in hrefs(r)}
     listed.discard("c")
     assert listed == set(files)
 
