@@ -27,7 +27,7 @@ from davcoll.collection import tree as tree_mod
 from davcoll.collection.errors import LimitExceeded, TooDeep
 from davcoll.collection.limits import TreeLimits
 from davcoll.collection.tree import compile_batches
-from davcoll.manifest import Manifest, parse_manifest, portable_data_hash
+from davcoll.manifest import parse_manifest, portable_data_hash, strip_manifest
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from server_util import running_server
 
@@ -139,8 +139,6 @@ def test_catalog_and_replace_files_handle_a_deep_tree(tmp_path):
         rec = cat.create("deep", text)
         assert cat.get(rec.uuid).manifest_text == text
         # replace_files copying the deep folder (replace_files._deep_copy)
-        from davcoll.storage.catalog import CatalogUpdate  # noqa: F401 - update signature below
-
         cat.update(rec.uuid, replace_files={"/copy": "current/d"})
         got = parse_manifest(cat.get(rec.uuid).manifest_text)
         return got.get("copy/" + "/".join(["d"] * (DEEP - 1)) + "/f.txt")
@@ -442,3 +440,48 @@ def test_copy_doubling_stops_at_the_manifest_size_cap(small):
         before = stored_text(small, other)
     assert r.status_code == 507, r.text[:300]
     assert stored_text(small, other) == before
+
+
+# ------------------------------------------------------------------ Arvados backend (the in-repo fake)
+
+
+def test_arvados_backend_deep_tree_and_limits(tmp_path):
+    from fake_cluster import arvados_server, fake_cluster, live_collection
+
+    with fake_cluster(keepstores=1, seed=7) as fake:
+        token = fake.add_user("deep")
+        with arvados_server(fake, tmp_path / "data", anonymous="none", max_entries=60) as srv:
+            http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {token}"
+
+            def call(method, path, dest=None, **kw):
+                headers = dict(kw.pop("headers", {}))
+                if dest is not None:
+                    headers["Destination"] = srv.u(dest)
+                return http.request(method, srv.u(path), headers=headers, timeout=120, **kw)
+
+            a, b = "deep-a", "deep-b"
+            for c in (a, b):
+                assert call("MKCOL", c + "/").status_code == 201
+            fake.store_block(b"foo")
+            text = deep_manifest(1200)
+            fake.set_manifest_raw(live_collection(fake, a).uuid, text)
+            bottom = a + "/" + "/".join(["d"] * 1200)
+            assert call("PROPFIND", bottom + "/", headers={"Depth": "1", **FRESH}).status_code == 207
+            assert call("GET", bottom + "/f.txt", headers=FRESH).content == b"foo"
+            r = call("GET", a + "/.arvados%23collection", headers=FRESH)
+            assert r.status_code == 200 and strip_manifest(r.json()["manifest_text"]) == text  # signed locators
+            # Cross-collection COPY of a folder deeper than max_depth: 409, nothing changed.
+            before = fake.stored_manifest(live_collection(fake, b).uuid)
+            r = call("COPY", a + "/d/", dest=b + "/d/")
+            assert r.status_code == 409, r.text[:300]
+            assert fake.stored_manifest(live_collection(fake, b).uuid) == before
+            # Past max_entries (60): a 50-entry copy fits once, not twice.
+            r = call("COPY", a + "/" + "/".join(["d"] * 1175) + "/", dest=b + "/x/")
+            assert r.status_code == 201, r.text[:300]
+            before = fake.stored_manifest(live_collection(fake, b).uuid)
+            r = call("COPY", b + "/x/", dest=b + "/y/")
+            assert r.status_code == 507, r.text[:300]
+            assert "the limit is 60" in r.text
+            assert fake.stored_manifest(live_collection(fake, b).uuid) == before
+            assert call("DELETE", a + "/d/").status_code == 204
