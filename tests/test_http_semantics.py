@@ -342,3 +342,23 @@ def test_malformed_xml_bodies_are_400(srv, coll):
     bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'
     r = requests.request("PROPFIND", srv.u(f"{coll}/"), data=bomb, headers={"Depth": "0"}, timeout=10)
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/nope-{c}/x", "/{c}/missing.txt", "/{c}/.arvados%23collection/x"])
+def test_head_error_answers_carry_no_body(srv, coll, path):
+    """A HEAD answered 4xx/5xx came with WsgiDAV's HTML error page as a
+    body, which the client reads as the start of the next response on a
+    kept-alive connection (RFC 9110 9.3.2: no content in a HEAD answer)."""
+    p = path.format(c=coll)
+    with socket.create_connection(addr(srv), timeout=10) as s:
+        s.sendall(f"HEAD {p} HTTP/1.1\r\nHost: x\r\n\r\nGET /{coll}/ HTTP/1.1\r\nHost: x\r\nDepth: 0\r\n\r\n".encode())
+        buf = b""
+        deadline = time.monotonic() + 10
+        while buf.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    first, _, rest = buf.partition(b"\r\n\r\n")
+    assert first.split()[1] in (b"404", b"409", b"400"), first
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:200]

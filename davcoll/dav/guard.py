@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from http import HTTPStatus
 import logging
 import re
 import time
@@ -111,6 +112,17 @@ def _path_token(path: str) -> bytes:
         return token.encode("latin-1") if len(token) >= 4 else b""
     except UnicodeEncodeError:
         return b""
+
+
+def _with_reason_phrase(code: int, status: str) -> str:
+    """The status line with its standard reason phrase where WsgiDAV wrote
+    a placeholder ("503 Status", "507 Status")."""
+    if status.endswith(" Status"):
+        try:
+            return f"{code} {HTTPStatus(code).phrase}"
+        except ValueError:
+            return status
+    return status
 
 
 def _plain(start_response: Callable, status: int, reason: str, headers: list | None = None) -> list[bytes]:
@@ -217,7 +229,9 @@ class RequestGuard:
         environ["wsgi.input"] = inp
 
         def sr(status: str, headers: list, exc_info=None):
-            result["status"] = int(status.split(" ", 1)[0])
+            code = int(status.split(" ", 1)[0])
+            result["status"] = code
+            status = _with_reason_phrase(code, status)
             headers = list(headers)
             if environ.get("davcoll.chunked_keep_alive"):
                 # A streamed PROPFIND ends by its chunked framing; WsgiDAV
@@ -229,7 +243,13 @@ class RequestGuard:
         secret = _path_token(raw_path)
         try:
             it = self._route(environ, sr, method, raw_path)
+            head = method == "HEAD"
             for chunk in it:
+                if head:
+                    # No content in an answer to HEAD (RFC 9110 9.3.2), error
+                    # pages included: on a kept-alive connection the client
+                    # would read them as the start of the next response.
+                    continue
                 result["out"] += len(chunk)
                 if secret and result["status"] >= 400:
                     chunk = chunk.replace(secret, b"*" * len(secret))  # same length: Content-Length holds
