@@ -70,3 +70,39 @@ def test_propfind_allprop_reads_dead_properties_per_folder(counted):
     r = s.request("PROPFIND", srv.u("c/d/"), headers={"Depth": "1"})
     assert r.status_code == 207 and r.content.count(b"urn:z") >= 30
     assert counts["props"] <= 3, counts  # not one per entry (31 entries)
+
+
+def test_write_conflict_checks_ask_the_lock_store_once_each(monkeypatch, tmp_path):
+    """WsgiDAV asked the lock store once per ancestor of every URL a write
+    touches (15 queries for a MOVE); the conflict check is one query."""
+    import davcoll.storage.local_locks as local_locks
+
+    calls: collections.Counter = collections.Counter()
+    for meth in ("get_lock_list", "locks_on"):
+        orig = getattr(local_locks.LocalLockStore, meth)
+
+        def wrapper(self, *a, _orig=orig, _m=meth, **k):
+            calls[_m] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(local_locks.LocalLockStore, meth, wrapper)
+    with running_server(tmp_path / "data") as srv:
+        s = requests.Session()
+        assert s.request("MKCOL", srv.u("c/")).status_code == 201
+        assert s.request("MKCOL", srv.u("c/d/")).status_code == 201
+        assert s.put(srv.u("c/d/a"), data=b"a").status_code == 201
+        calls.clear()
+        r = s.request("MOVE", srv.u("c/d/a"), headers={"Destination": srv.u("c/d/b")})
+        assert r.status_code == 201
+        assert sum(calls.values()) <= 5, calls
+        # Still enforced: a depth-infinity lock on the folder blocks writes below it.
+        lock = s.request("LOCK", srv.u("c/d/"), headers={"Depth": "infinity", "Timeout": "Second-60"},
+                         data=b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+                              b"</D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>")
+        assert lock.status_code == 200
+        token = lock.headers["Lock-Token"]
+        r = s.request("MOVE", srv.u("c/d/b"), headers={"Destination": srv.u("c/d/a")})
+        assert r.status_code == 423
+        assert s.put(srv.u("c/d/x"), data=b"x").status_code == 423
+        assert s.put(srv.u("c/d/x"), data=b"x", headers={"If": f"({token})"}).status_code == 201
+        assert s.delete(srv.u("c/"), ).status_code == 423  # a locked descendant

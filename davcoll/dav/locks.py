@@ -33,12 +33,15 @@ from urllib.parse import unquote
 from lxml import etree
 from wsgidav import xml_tools
 
+from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_FORBIDDEN,
     HTTP_PRECONDITION_FAILED,
     HTTP_REQUEST_ENTITY_TOO_LARGE,
+    PRECONDITION_CODE_LockConflict,
     PRECONDITION_CODE_LockTokenMismatch,
     DAVError,
+    DAVErrorCondition,
 )
 from wsgidav.lock_man.lock_manager import LockManager, normalize_lock_root
 
@@ -140,6 +143,9 @@ class _MappedStore:
             except CatalogError as e:
                 raise dav_error(e) from None
 
+        # Kept: __getattr__ runs only for missing names, so each method is
+        # wrapped once, not on every call (a write checks ~10 lock lists).
+        setattr(self, name, call)
         return call
 
 
@@ -183,6 +189,31 @@ class ScopedLockManager(LockManager):
                 principal=principal,
                 token_list=token_list,
             )
+
+    def _get_write_conflicts(self, url, depth, token_list, principal):
+        """WsgiDAV's check (the URL and its ancestors, and for depth infinity
+        its descendants), answered by one store query when the store can
+        (``locks_on``) instead of one per ancestor: a MOVE made four such
+        checks, fifteen queries in all."""
+        locks_on = getattr(self.storage, "locks_on", None)
+        if locks_on is None:
+            return super()._get_write_conflicts(url, depth, token_list, principal)
+        url = normalize_lock_root(url)
+        chain = []
+        u = url
+        while u:
+            chain.append(normalize_lock_root(u))
+            u = util.get_uri_parent(u)
+        errcond = DAVErrorCondition(PRECONDITION_CODE_LockConflict)
+        for lock in locks_on(chain, below=url if depth == "infinity" else None):
+            root = lock["root"]
+            if root in chain:
+                if root != url and lock["depth"] != "infinity":
+                    continue  # only depth-infinity locks of ancestors count
+                if principal == lock["principal"] and lock["token"] in token_list:
+                    continue  # the caller's own lock, its token submitted
+            errcond.add_href(root)
+        return errcond
 
     def refresh(self, token, *, timeout=None):
         try:

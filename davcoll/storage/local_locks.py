@@ -166,6 +166,21 @@ class LocalLockStore(LockStore):
         return [lk["token"] for lk in locks] if token_only else locks
 
     @_mapped
+    def locks_on(self, roots: list[str], *, below: str | None = None) -> list[dict[str, Any]]:
+        """Live locks rooted at any of ``roots`` (and, with ``below``, strictly
+        below that root), in one query: the write-conflict check asks for a
+        URL and all its ancestors at once (dav/locks.py)."""
+        now = time.time()
+        keys = list(dict.fromkeys(normalize_root(r) for r in roots))
+        sql = f"{_SELECT} WHERE root IN ({', '.join('?' * len(keys))}) AND {_LIVE}"
+        args: list[Any] = [*keys, now]
+        if below is not None:
+            lo = child_prefix(normalize_root(below))
+            sql += f" UNION ALL {_SELECT} WHERE root >= ? AND root < ? AND root != ? AND {_LIVE}"
+            args += [lo, lo[:-1] + "0", normalize_root(below), now]
+        return [_row(r) for r in self._conn().execute(sql, args).fetchall()]
+
+    @_mapped
     def count_for(self, principal: str) -> int:
         r = self._conn().execute(f"SELECT COUNT(*) FROM dav_locks WHERE principal=? AND {_LIVE}", (principal, time.time())).fetchone()
         return int(r[0])
