@@ -781,23 +781,39 @@ PROPPATCH_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmln
 META_METHODS = ("LOCK", "PUT", "UNLOCK", "PROPPATCH", "MOVE", "DELETE")
 
 
-def metadata_round(srv: ServerProc, base: str, n: int, size: int, seed: int) -> dict[str, list[float]]:
+def metadata_round(srv: ServerProc, base: str, n: int, size: int, seed: int,
+                   cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """The request mix davfs2 sends per file while a tree is unpacked, ``n`` times
     on one keep-alive connection: LOCK a new name (lock-null: the server creates
     an empty file), PUT with the lock token, UNLOCK, PROPPATCH a dead property,
     MOVE to the final name; every other file is then DELETEd.  Returns the
     client-side seconds of each request by method (one connection, no think
-    time, so that is the server's time plus loopback)."""
+    time, so that is the server's time plus loopback).  With ``cpu``, the
+    requests of odd files are not timed but charged the server's CPU seconds
+    (all threads, from schedstat, read between requests), appended to
+    ``cpu[method]``."""
     c = client(srv)
     out: dict[str, list[float]] = {m: [] for m in META_METHODS}
+    mark = [0]
+    probe = [False]  # this file's requests are CPU-probed (odd files), not timed
 
     def timed(method: str, r, *ok: int):
         expect(r, *ok, what=f"{srv.name} {method}")
-        out[method].append(r.seconds)
+        if probe[0]:
+            now = srv.cpu_ns()
+            cpu.setdefault(method, []).append((now - mark[0]) / 1e9)  # type: ignore[union-attr]
+            mark[0] = srv.cpu_ns()
+        else:
+            out[method].append(r.seconds)
         return r
 
     try:
         for i in range(n):
+            # Reading the server's CPU clock between requests costs the client
+            # time: odd files are probed for CPU, even ones timed.
+            probe[0] = cpu is not None and i % 2 == 1
+            if probe[0]:
+                mark[0] = srv.cpu_ns()
             tmp, final = f"{base}.tmp_{i:05d}", f"{base}f_{i:05d}.txt"
             r = timed("LOCK", c.request("LOCK", tmp, LOCK_BODY, {"Depth": "0", "Timeout": "Second-300",
                                                                  "Content-Type": "application/xml"}), 200, 201)
@@ -811,7 +827,7 @@ def metadata_round(srv: ServerProc, base: str, n: int, size: int, seed: int) -> 
             if b"200" not in r.body:
                 raise RuntimeError(f"{srv.name}: PROPPATCH did not set the property: {r.body[:300]!r}")
             timed("MOVE", c.copy_move("MOVE", tmp, final), 201, 204)
-            if i % 2 == 0:
+            if i % 4 < 2:  # every other file, both timed and probed ones
                 timed("DELETE", c.request("DELETE", final), 204)
     finally:
         c.close()
@@ -827,6 +843,7 @@ def s11_metadata(ctx: Ctx) -> list[Row]:
     s = ctx.sizes
     n = s.meta_files
     ms: dict[str, dict[str, list[float]]] = {k: {m: [] for m in META_METHODS} for k in ("davcoll", "reference")}
+    cpu_ms: dict[str, dict[str, list[float]]] = {k: {m: [] for m in META_METHODS} for k in ("davcoll", "reference")}
     with server_pair(ctx, "s11") as (data, root, logs):
         with running(davcoll_server(data, logs),
                      reference_server(root, logs, extra=["--property-manager", "memory"])) as servers:
@@ -840,11 +857,14 @@ def s11_metadata(ctx: Ctx) -> list[Row]:
                     base = f"/m11/r{rep}/"
                     mkcol(srv, base)
                     cpu0 = srv.cpu_seconds()
-                    res = metadata_round(srv, base, n, s.small_size, seed=11_100_000 + rep * 100_000)
+                    per: dict[str, list[float]] = {}
+                    res = metadata_round(srv, base, n, s.small_size, seed=11_100_000 + rep * 100_000, cpu=per)
                     ctx.record_cpu("11", srv.name, (srv.cpu_seconds() - cpu0) / n)
                     for m in META_METHODS:
                         ms[srv.name][m].append(statistics.fmean(res[m]) * 1000)
+                        cpu_ms[srv.name][m].append(statistics.fmean(per[m]) * 1000)
     ctx.extra["s11_mean_ms"] = ms
+    ctx.extra["s11_cpu_ms"] = cpu_ms
     rows = []
     for letter, m in zip("abcdef", META_METHODS):
         d, r = ms["davcoll"][m], ms["reference"][m]
@@ -852,9 +872,10 @@ def s11_metadata(ctx: Ctx) -> list[Row]:
                 "PUT": f"PUT {human_size(s.small_size)} with the lock token",
                 "UNLOCK": "UNLOCK", "PROPPATCH": "PROPPATCH one dead property",
                 "MOVE": "MOVE to the final name", "DELETE": "DELETE (every other file)"}[m]
-        note = ""
+        dc, rc = med(cpu_ms["davcoll"][m]), med(cpu_ms["reference"][m])
+        note = f"server CPU ms per request: davcoll {dc:.2f}, reference {rc:.2f} (CPU ratio {dc / rc:.2f})"
         if m == "LOCK":
-            note = (f"{n} files per repetition, one connection, mean client-side time per request; "
+            note = (f"{n} files per repetition, one connection, mean client-side time per request; " + note + "; "
                     + ctx.cpu_note("11", "ms per file (all six requests)", 1000))
         rows.append(speed_row(f"11{letter}", f"metadata mix: {what}", "ms", d, r,
                               min_ratio=None if m == "PUT" else 0.5, time_metric=True, note=note))
