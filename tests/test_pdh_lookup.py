@@ -94,7 +94,7 @@ def test_unknown_pdh_lookup_costs_constant_catalog_work(cat):
     for n, prefix in ((1, "a"), (8, "b")):
         _changed_collections(cat, n, prefix)
         statements: list[str] = []
-        conn = cat._conns.get()
+        conn = cat._db.connection()
         conn.set_trace_callback(statements.append)
         try:
             with pytest.raises(NotFound):

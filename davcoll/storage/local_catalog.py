@@ -92,7 +92,7 @@ short IMMEDIATE transaction that waits at most ``_CACHE_WAIT_MS`` for the
 lock (an update never waits long behind it; a busy database only costs a
 re-render later) and that only stores them if the collection is still at
 the version they were computed for.  Each thread uses its own connection
-(``ThreadConnections``); a connection is never shared between threads.
+(``local_sqlite.Database``); a connection is never shared between threads.
 """
 
 from __future__ import annotations
@@ -102,12 +102,11 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..manifest import (
     Dir,
@@ -134,19 +133,19 @@ from .catalog import (
     Unavailable,
     UpdateResult,
 )
+from .local_sqlite import Database
 from .pdh_indexer import PdhIndexer
 from .replace_files import CURRENT, DELETE, MANIFEST_TEXT, ReplaceOp, lookup, plan_replace_files
 from .signatures import strip_manifest_signatures
 
-__all__ = ["LocalCatalog", "DB_FILENAME", "db_path_for", "ThreadConnections", "rfc3339_now"]
+__all__ = ["LocalCatalog", "DB_FILENAME", "db_path_for", "rfc3339_now"]
 
 DB_FILENAME = "catalog.sqlite3"
 _UUID_RE = re.compile(r"[a-z0-9]{5}-4zz18-[a-z0-9]{15}")
 _CLUSTER_RE = re.compile(r"[a-z0-9]{5}")
 _UUID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _SCHEMA_VERSION = 2
-_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another one
-_CACHE_WAIT_MS = 200  # ... and a read that only wants to cache lines or a PDH
+_CACHE_WAIT_MS = 200  # how long a read that only wants to cache lines or a PDH waits for the write lock
 _MARKER_TAIL = " 0:0:\\056\n"  # how every empty-directory marker line ends
 _ROW_OVERHEAD = 8  # approx_chars: separators and positions per entry
 
@@ -213,80 +212,6 @@ def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
 def rfc3339_now() -> str:
     """RFC 3339 UTC with microseconds, as Arvados timestamps look."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# ---------------------------------------------------------------------------
-# Connections and transactions
-
-
-def open_connection(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection with the settings every catalog connection needs.
-
-    Autocommit mode (``isolation_level=None``) so transactions are exactly
-    the explicit BEGIN/COMMIT pairs below.  WAL lets readers proceed while
-    a writer works; ``busy_timeout`` makes a second writer wait instead of
-    failing.  ``check_same_thread`` is off only so ``close()`` may close it
-    from another thread; otherwise each connection stays in its thread.
-    """
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    return conn
-
-
-class ThreadConnections:
-    """One SQLite connection per thread (and per process, after a fork)."""
-
-    def __init__(self, path: Path, synchronous: str = "FULL"):
-        self._path = path
-        self._synchronous = synchronous
-        self._local = threading.local()
-        self._lock = threading.Lock()  # guards _all
-        self._all: list[sqlite3.Connection] = []
-
-    def get(self) -> sqlite3.Connection:
-        held = getattr(self._local, "conn", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        conn = open_connection(self._path, self._synchronous)
-        self._local.conn = (os.getpid(), conn)
-        with self._lock:
-            self._all.append(conn)
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-        self._local = threading.local()
-
-
-def _begin(conn: sqlite3.Connection, mode: str) -> None:
-    try:
-        conn.execute(f"BEGIN {mode}")
-    except sqlite3.OperationalError as e:
-        raise Unavailable(f"catalog database busy: {e}") from e
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection, mode: str) -> Iterator[sqlite3.Connection]:
-    """BEGIN ``mode`` ... COMMIT, rolled back on any exception."""
-    _begin(conn, mode)
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.OperationalError as e:
-        conn.execute("ROLLBACK")
-        raise Unavailable(f"catalog commit failed: {e}") from e
 
 
 # ---------------------------------------------------------------------------
@@ -959,15 +884,14 @@ class LocalCatalog(Catalog):
         self.cluster_id = cluster_id
         self.owner_uuid = owner_uuid
         self.cheap_pdh_chars = cheap_pdh_chars
-        self._conns = ThreadConnections(self.path, synchronous.upper())
+        self._db = Database(self.path, synchronous=synchronous, label="catalog database", unavailable=Unavailable)
         self._init_schema()
         self._pdh_indexer = PdhIndexer(self.index_pdhs, min_interval=pdh_pass_interval)
 
     def _init_schema(self) -> None:
         """Create or upgrade the schema; one IMMEDIATE transaction, so two
         processes opening the same new database cannot both migrate it."""
-        conn = self._conns.get()
-        with _transaction(conn, "IMMEDIATE"):
+        with self._db.write() as conn:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than this davcoll")
@@ -979,15 +903,15 @@ class LocalCatalog(Catalog):
 
     def close(self) -> None:
         self._pdh_indexer.close()
-        self._conns.close()
+        self._db.close()
 
     # -- transactions ------------------------------------------------------
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _transaction(self._conns.get(), "DEFERRED")
+        return self._db.read()
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _transaction(self._conns.get(), "IMMEDIATE")
+        return self._db.write()
 
     def _new_uuid(self) -> str:
         tail = "".join(secrets.choice(_UUID_ALPHABET) for _ in range(15))
@@ -1020,10 +944,8 @@ class LocalCatalog(Catalog):
         """
         if computed is None:
             return
-        conn = self._conns.get()
-        conn.execute(f"PRAGMA busy_timeout = {_CACHE_WAIT_MS}")
         try:
-            with _transaction(conn, "IMMEDIATE"):
+            with self._db.write(busy_timeout_ms=_CACHE_WAIT_MS) as conn:
                 if computed.pdh is not None:
                     conn.execute(
                         "UPDATE versions SET pdh = ? WHERE uuid = ? AND version = ? AND pdh IS NULL",
@@ -1035,8 +957,6 @@ class LocalCatalog(Catalog):
                         _store_lines(conn, computed.cid, computed.lines)
         except (sqlite3.Error, Unavailable):
             pass
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def get(self, uuid_or_pdh: str, *, with_manifest: bool = True, include_trash: bool = False) -> CollectionRecord:
         """By UUID: the current version (trashed ones only with

@@ -9,20 +9,20 @@ then create" is atomic across processes as well as threads.
 
 Expired rows are ignored by every query and deleted when a lock is created.
 Descendants of a root are a key range (``[root + "/", root + "0")``: "0"
-follows "/"), answered by the index without a scan.  Each connection is
-used by one thread only (``threading.local``); a thread inside
-``exclusive()`` runs its other calls inside that transaction.
+follows "/"), answered by the index without a scan.  Connections and
+transactions: ``local_sqlite.Database`` (with synchronous=NORMAL); a
+thread inside ``exclusive()`` runs its other calls inside that transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .local_sqlite import Database
 from .locks import LockGone, LockStore, SharedStateUnavailable, child_prefix, expire_of, map_store_errors, normalize_root
 
 _mapped = map_store_errors(sqlite3.Error)
@@ -56,60 +56,22 @@ def _row(r: tuple) -> dict[str, Any]:
 class LocalLockStore(LockStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
-        self._local = threading.local()
+        self._db = Database(db_path, synchronous="NORMAL", label="lock table", unavailable=SharedStateUnavailable)
         self._conn().executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"LocalLockStore({self.db_path!r})"
 
     def _conn(self) -> sqlite3.Connection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = c
-            self._local.depth = 0
-        return c
+        return self._db.connection()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        c = self._conn()
-        if self._local.depth:
-            self._local.depth += 1
-            try:
-                yield
-            finally:
-                self._local.depth -= 1
-            return
-        try:
-            c.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise SharedStateUnavailable(f"lock table: {e}") from e
-        self._local.depth = 1
-        try:
+        with self._db.write(join=True):
             yield
-        except BaseException:
-            self._local.depth = 0
-            c.execute("ROLLBACK")
-            raise
-        self._local.depth = 0
-        try:
-            c.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("ROLLBACK")
-            raise SharedStateUnavailable(f"lock table: {e}") from e
 
     def close(self) -> None:
-        # Connections are per thread and not tracked (a growing and shrinking
-        # worker pool would leak them): dropping the thread-local object frees
-        # every thread's connection, which closes it.
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            with contextlib.suppress(sqlite3.Error):
-                c.close()
-        self._local = threading.local()
+        self._db.close()
 
     @_mapped
     def cleanup(self) -> None:

@@ -6,15 +6,15 @@ range on the key: descendants of ``k`` are keys in ``[k + "/", k + "0")``
 The ``parent`` column (``parent_key(res_key)``, indexed) lets a folder
 listing read its children's properties in one query without touching
 deeper levels; databases from before it are filled in on open.
-Each connection is used by one thread only (``threading.local``).
+Connections and transactions: ``local_sqlite.Database``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
+from .local_sqlite import Database
 from .props import PropertyStore, parent_key
 
 _SCHEMA = """
@@ -32,35 +32,22 @@ _PARENT_INDEX = "CREATE INDEX IF NOT EXISTS dead_props_parent ON dead_props(pare
 class LocalPropertyStore(PropertyStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
-        self._local = threading.local()
-        c = self._conn()
-        c.executescript(_SCHEMA)
-        self._add_parent_column(c)
+        self._db = Database(db_path, label="dead property table")
+        self._db.connection().executescript(_SCHEMA)
+        self._add_parent_column()
 
     def _conn(self) -> sqlite3.Connection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=FULL")
-            self._local.conn = c
-        return c
+        return self._db.connection()
 
-    @staticmethod
-    def _add_parent_column(c: sqlite3.Connection) -> None:
+    def _add_parent_column(self) -> None:
         """Upgrade a database made before the ``parent`` column (idempotent)."""
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.write() as c:
             cols = {r[1] for r in c.execute("PRAGMA table_info(dead_props)")}
             if "parent" not in cols:
                 c.execute("ALTER TABLE dead_props ADD COLUMN parent TEXT")
             c.create_function("davcoll_parent_key", 1, parent_key, deterministic=True)
             c.execute("UPDATE dead_props SET parent = davcoll_parent_key(res_key) WHERE parent IS NULL")
             c.execute(_PARENT_INDEX)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def names(self, key: str) -> list[str]:
         rows = self._conn().execute("SELECT name FROM dead_props WHERE res_key=? ORDER BY name", (key,))
@@ -113,9 +100,7 @@ class LocalPropertyStore(PropertyStore):
     def _rekey(self, src: str, dst: str, *, move: bool) -> None:
         s, d = src.rstrip("/"), dst.rstrip("/")
         where, args = self._subtree(s)
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.write() as c:
             rows = c.execute(f"SELECT res_key, name, value FROM dead_props WHERE {where}", args).fetchall()
             if move:
                 c.execute(f"DELETE FROM dead_props WHERE {where}", args)
@@ -123,13 +108,6 @@ class LocalPropertyStore(PropertyStore):
                 "INSERT OR REPLACE INTO dead_props(res_key, name, value, parent) VALUES(?,?,?,?)",
                 [(d + k[len(s):], n, v, parent_key(d + k[len(s):])) for k, n, v in rows],
             )
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            c.close()
-            self._local.conn = None
+        self._db.close()

@@ -19,7 +19,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .local_catalog import ThreadConnections, rfc3339_now
+from .local_catalog import rfc3339_now
+from .local_sqlite import Database
 
 __all__ = ["LocalTokenStore", "TokenInfo"]
 
@@ -64,14 +65,14 @@ class LocalTokenStore:
 
     def __init__(self, db_path: str | os.PathLike[str]):
         self.path = Path(db_path)
-        self._conns = ThreadConnections(self.path)
-        self._conns.get().execute(_SCHEMA)
+        self._db = Database(self.path, label="token table")
+        self._db.connection().execute(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        return self._conns.get()
+        return self._db.connection()
 
     def close(self) -> None:
-        self._conns.close()
+        self._db.close()
 
     def create(self, read_only: bool, label: str = "") -> str:
         """A new random token; the caller must show or store it now."""
