@@ -14,8 +14,10 @@ import pytest
 from conftest import load_vectors
 from davcoll.manifest import Dir, Manifest, normalize_manifest, parse_manifest, portable_data_hash
 from davcoll.storage.catalog import BadRequest, Conflict, InvalidManifest, NotFound
-from davcoll.storage import local_catalog
-from davcoll.storage.local_catalog import LocalCatalog, _render_dir, _VersionWriter, db_path_for
+from davcoll.storage.local_catalog import LocalCatalog, db_path_for
+from davcoll.storage.local_catalog import lines as catalog_lines
+from davcoll.storage.local_catalog.lines import render_dir
+from davcoll.storage.local_catalog.writer import VersionWriter
 from davcoll.storage.local_tokens import LocalTokenStore
 from davcoll.storage.replace_files import apply_to_tree, plan_replace_files
 
@@ -70,7 +72,7 @@ def check_line_cache(cat: LocalCatalog, uuid: str) -> None:
         assert set(cached) == dirs | {""}
         for path, line in cached.items():
             if line is not None:
-                assert line == _render_dir(conn, cid, path), path
+                assert line == render_dir(conn, cid, path), path
 
 
 # --- records, round trips, validation ---------------------------------------
@@ -324,7 +326,7 @@ def test_failure_inside_the_transaction_rolls_back(cat, monkeypatch):
     def boom(self):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_VersionWriter, "finish", boom)
+    monkeypatch.setattr(VersionWriter, "finish", boom)
     with pytest.raises(RuntimeError):
         rf_update(cat, rec.uuid, {"/d": "", "/z": "current/a"}, None)
     monkeypatch.undo()
@@ -656,13 +658,13 @@ class RenderCounter:
 
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
-        real = local_catalog.render_stream
+        real = catalog_lines.render_stream
 
         def counting(stream, files, **kw):
             self.calls.append(stream)
             return real(stream, files, **kw)
 
-        monkeypatch.setattr(local_catalog, "render_stream", counting)
+        monkeypatch.setattr(catalog_lines, "render_stream", counting)
 
 
 def null_lines(cat: LocalCatalog) -> list[str]:

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-import davcoll.storage.local_catalog as lc
+import davcoll.storage.local_catalog.catalog as lc
 from davcoll.manifest import portable_data_hash
 from davcoll.storage.catalog import NotFound
 from davcoll.storage.local_catalog import LocalCatalog
@@ -114,7 +114,7 @@ def test_background_pass_does_not_hold_the_write_lock_while_rendering(cat, monke
     other = LocalCatalog(cat.path, synchronous="OFF", cheap_pdh_chars=0)
     committed: list[bool] = []
     threads: list[threading.Thread] = []
-    real = lc._assemble_current
+    real = lc.assemble_current
 
     def assemble_and_commit_meanwhile(conn, cid):
         if not threads:
@@ -126,7 +126,7 @@ def test_background_pass_does_not_hold_the_write_lock_while_rendering(cat, monke
             assert committed == [True], "a commit was blocked while the PDH pass rendered"
         return real(conn, cid)
 
-    monkeypatch.setattr(lc, "_assemble_current", assemble_and_commit_meanwhile)
+    monkeypatch.setattr(lc, "assemble_current", assemble_and_commit_meanwhile)
     try:
         with pytest.raises(NotFound):
             cat.get(random_pdh())
