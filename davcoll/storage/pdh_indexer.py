@@ -65,7 +65,15 @@ class PdhIndexer:
             target = self._wanted
             return self._cond.wait_for(lambda: self._done >= target or self._closed, timeout)
 
-    def close(self, timeout: float = 5.0) -> None:
+    @property
+    def closing(self) -> bool:
+        """True once ``close`` was called: a pass should stop at its next step."""
+        return self._closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it: the caller closes the database
+        next, which must not happen under a connection still in use (a
+        running pass checks ``closing`` between steps to end early)."""
         with self._cond:
             self._closed = True
             thread = self._thread
