@@ -453,9 +453,8 @@ class Session:
         res = self.catalog.update_properties(tree.uuid, patch)
         # The files are untouched; the tree is current if nobody else
         # committed in between (the version moved by exactly our update).
-        self._after_update(tree, res.record, res.record.version == tree.version + 1)
-        with tree._lock:
-            tree.record["properties"] = dict(res.record.properties or {})
+        self._after_update(tree, res.record, res.record.version == tree.version + 1,
+                           properties=dict(res.record.properties or {}))
         # Collection records at "/" come from the listing memo.
         self.forget_listing()
 
@@ -538,7 +537,7 @@ class Session:
             self._after_update(tree, res.record, on_base)
         for tree in dict.fromkeys(owners[: len(results)]):
             if owners.count(tree) == sum(1 for t in owners[: len(results)] if t is tree):
-                change.committed(tree, version=tree.version)
+                change.committed(tree)
 
     def _apply(self, tree: CollectionTree, replace_files: dict[str, str], manifest_text: str) -> None:
         res = self.catalog.update(
@@ -549,20 +548,23 @@ class Session:
         )
         self._after_update(tree, res.record, res.applied_on_base)
 
-    def _after_update(self, tree: CollectionTree, rec: CollectionRecord, applied_on_base: bool) -> None:
-        with tree._lock:
-            tree.version = rec.version
-            tree.mtime = parse_time(rec.modified_at) if rec.modified_at else time.time()
-            tree.record.update(
-                {
-                    "modified_at": rec.modified_at,
-                    "version": rec.version,
-                    "portable_data_hash": rec.portable_data_hash,
-                    "_revision": (rec.modified_at, rec.version),
-                }
-            )
-            if not applied_on_base:
-                tree.stale = True
+    def _after_update(self, tree: CollectionTree, rec: CollectionRecord, applied_on_base: bool,
+                      properties: dict[str, Any] | None = None) -> None:
+        """Apply the catalog record an update of ours returned to ``tree``."""
+        fields: dict[str, Any] = {
+            "modified_at": rec.modified_at,
+            "version": rec.version,
+            "portable_data_hash": rec.portable_data_hash,
+            "_revision": (rec.modified_at, rec.version),
+        }
+        if properties is not None:
+            fields["properties"] = properties
+        tree.apply_commit(
+            version=rec.version,
+            on_base=applied_on_base,
+            mtime=parse_time(rec.modified_at) if rec.modified_at else time.time(),
+            record=fields,
+        )
 
 
 __all__ = [

@@ -25,7 +25,7 @@ import pytest
 from davcoll import manifest as M
 from davcoll.collection import BusyError, ByteBudget, ChangeSet, FileWriter
 from davcoll.collection.segments import buffers_of, size_of
-from davcoll.collection.tree import pack_and_store
+from davcoll.collection.buffers import pack_and_store
 from davcoll.manifest import Manifest
 from davcoll.storage.blocks import BlockStore
 from davcoll.storage.memory_blocks import MemoryBlockStore

@@ -32,7 +32,7 @@ from davcoll.collection import (
 )
 from davcoll.collection.io import STREAM_THRESHOLD
 from davcoll.collection.segments import buffers_of, size_of
-from davcoll.collection.tree import pack_and_store
+from davcoll.collection.buffers import pack_and_store
 from davcoll.manifest import MAX_BLOCK_SIZE, parse_manifest
 from davcoll.storage.blocks import BlockCorrupt, BlockNotFound, BlockStoreUnavailable, bare_locator
 from davcoll.storage.memory_blocks import MemoryBlockStore

@@ -41,7 +41,7 @@ from davcoll.collection import (
     ParentNotFound,
 )
 from davcoll.collection.segments import buffers_of
-from davcoll.collection.tree import pack_and_store
+from davcoll.collection.buffers import pack_and_store
 from davcoll.manifest import Manifest, normalize_manifest, parse_manifest
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from test_collection_tree import FLUSHER, apply_batches, build_manifest, contents

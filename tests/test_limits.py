@@ -23,10 +23,10 @@ import pytest
 import requests
 
 from davcoll.collection import ByteBudget, ChangeSet, CollectionTree, Flusher
-from davcoll.collection import tree as tree_mod
+from davcoll.collection import record as record_mod
 from davcoll.collection.errors import LimitExceeded, TooDeep
 from davcoll.collection.limits import TreeLimits
-from davcoll.collection.tree import compile_batches
+from davcoll.collection.changes import compile_batches
 from davcoll.manifest import parse_manifest, portable_data_hash, strip_manifest
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from server_util import running_server
@@ -241,7 +241,7 @@ def test_manifest_size_estimate_tracks_the_real_size():
 
 
 def test_record_stream_is_the_same_json_and_pdh(monkeypatch):
-    monkeypatch.setattr(tree_mod, "_CHUNK", 97)  # many chunk boundaries, mid-line too
+    monkeypatch.setattr(record_mod, "_CHUNK", 97)  # many chunk boundaries, mid-line too
     signed = "acbd18db4cc2f85cedef654fccc4a4d8+3+A" + "f" * 40 + "@" + "6" * 8
     text = deep_manifest(40, name="s p\u00e9c:\\x", loc=signed).replace("s p\u00e9c:\\x", "s\\040p\u00e9c\\072\\134x")
     parse_manifest(text)

@@ -8,6 +8,7 @@ requires).
 """
 
 from .buffers import BufferBlock, ByteBudget, Flusher
+from .changes import ChangeSet, Op, Undo
 from .errors import (
     AlreadyExists,
     BusyError,
@@ -24,11 +25,12 @@ from .errors import (
 )
 from .io import FileReader, FileWriter
 from .names import check_name, split_path
-from .tree import VIRTUAL_RECORD_NAME, ChangeSet, CollectionTree, DirNode, Stat
+from .nodes import DirNode, Stat
+from .tree import VIRTUAL_RECORD_NAME, CollectionTree
 
 __all__ = [
     "AlreadyExists", "BufferBlock", "BusyError", "ByteBudget", "ChangeSet", "CollectionTree",
     "CorruptManifest", "DirNode", "FileReader", "FileWriter", "Flusher", "FsError", "InvalidMove",
-    "InvalidName", "IsADirectory", "NotADirectory", "NotFound", "ParentNotFound", "ReadOnly", "Stat",
-    "StorageFailure", "VIRTUAL_RECORD_NAME", "check_name", "split_path",
+    "InvalidName", "IsADirectory", "NotADirectory", "NotFound", "Op", "ParentNotFound", "ReadOnly", "Stat",
+    "StorageFailure", "Undo", "VIRTUAL_RECORD_NAME", "check_name", "split_path",
 ]

@@ -1,4 +1,5 @@
-"""Buffered file data: byte budget, buffer blocks and the background flusher.
+"""Buffered file data: byte budget, buffer blocks, the background flusher
+and the packing of small buffers into shared blocks at commit.
 
 Why this exists: uploads must stream.  A writer keeps at most one partly
 filled block per file in memory; each full 64 MiB block is handed to a small
@@ -23,6 +24,7 @@ import threading
 from typing import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from ..manifest import MAX_BLOCK_SIZE
 from ..storage.blocks import BlockStore, BlockStoreError
 from .errors import StorageFailure
 
@@ -60,6 +62,15 @@ class ByteBudget:
             if self._used < 0:  # pragma: no cover - accounting bug guard
                 self._used = 0
             self._cond.notify_all()
+
+    def take_reservation(self, buf: "BufferBlock") -> int:
+        """Clear ``buf``'s reservation without returning it (its bytes now
+        belong to someone else's reservation, e.g. a block writer's) and
+        return how many bytes it was.  Under the budget's lock, like
+        ``release_buffer``, so the two can never both count them."""
+        with self._cond:
+            n, buf.reserved = buf.reserved, 0
+            return n
 
     def release_buffer(self, buf: "BufferBlock") -> None:
         """Give back ``buf``'s whole reservation, exactly once.
@@ -177,3 +188,54 @@ class Flusher:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def pack_and_store(buffers: list[BufferBlock], store: BlockStore, flusher: Flusher) -> None:
+    """Store buffers, packing small ones together into shared blocks.
+
+    A buffer of half a block (32 MiB) or more is stored on its own; smaller
+    ones are packed first-fit, biggest first, into blocks of up to 64 MiB.
+    """
+    pack_limit = MAX_BLOCK_SIZE
+    big = [b for b in buffers if len(b) >= pack_limit // 2]
+    small = sorted((b for b in buffers if len(b) < pack_limit // 2), key=len, reverse=True)
+    for b in big:
+        flusher.store_now(b, store)
+    packs: list[list[BufferBlock]] = []
+    sizes: list[int] = []
+    for b in small:
+        for i, s in enumerate(sizes):
+            if s + len(b) <= pack_limit:
+                packs[i].append(b)
+                sizes[i] += len(b)
+                break
+        else:
+            packs.append([b])
+            sizes.append(len(b))
+    for pack in packs:
+        if len(pack) == 1:
+            flusher.store_now(pack[0], store)
+            continue
+        combined = BufferBlock(None)
+        bases = []
+        for b in pack:
+            bases.append(len(combined))
+            assert b.data is not None and combined.data is not None
+            combined.data += b.data
+        loc = flusher.store_now(combined, store)
+        for b, base in zip(pack, bases):
+            b.stored(loc, base)
+
+
+def zero_segments(n: int) -> list[tuple]:
+    """Segments of ``n`` zero bytes, sharing one buffered zero block."""
+    if n <= 0:
+        return []
+    chunk = min(n, 1 << 20)
+    zeros = BufferBlock(None, bytes(chunk))
+    out = []
+    while n > 0:
+        k = min(n, chunk)
+        out.append((zeros, 0, k))
+        n -= k
+    return out

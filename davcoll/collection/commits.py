@@ -29,10 +29,13 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Callable
 
+from .buffers import pack_and_store
+from .changes import compile_group, pending_buffers
 from .errors import BusyError
 
 if TYPE_CHECKING:
-    from .tree import ChangeSet, CollectionTree
+    from .changes import ChangeSet
+    from .tree import CollectionTree
 
 ApplyBatch = Callable[[dict, str], None]
 
@@ -94,8 +97,6 @@ class CommitQueue:
                 self._cond.notify_all()
 
     def _commit_group(self, group: list[_Pending], apply_batch: ApplyBatch) -> None:
-        from .tree import compile_group, pack_and_store, pending_buffers
-
         tree = self.tree
         error: BaseException | None = None
         per_request = [p.change.ops_for(tree) for p in group]

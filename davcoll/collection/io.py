@@ -242,8 +242,7 @@ class FileWriter:
         if small.data:
             data = bytes(small.data)
             # The block writer now owns these bytes' reservation.
-            with self._budget._cond:
-                small.reserved = 0
+            self._budget.take_reservation(small)
             small.data = None
             self._bw.write(data)
         else:

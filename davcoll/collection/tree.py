@@ -47,12 +47,10 @@ lock at all.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..manifest import (
     MAX_BLOCK_SIZE,
@@ -64,10 +62,10 @@ from ..manifest import (
     index_streams,
     render_empty_dir,
     render_stream,
-    strip_manifest,
 )
 from ..storage.blocks import BlockStore
-from .buffers import BufferBlock, ByteBudget, Flusher
+from .buffers import BufferBlock, ByteBudget, Flusher, zero_segments
+from .changes import Op, Undo
 from .errors import (
     AlreadyExists,
     BusyError,
@@ -86,52 +84,21 @@ from .commits import CommitQueue
 from .limits import UNSTORED_LOCATOR_LEN, TreeLimits, file_cost, text_entries
 from .names import check_name, check_new_name, find_spelling, spelling_for_new, split_path
 from .io import FileReader, FileWriter
+from .nodes import FROM_INDEX, DirNode, Stat, sname_len
+from .record import RECORD_KEYS, RecordBody, measure_record, record_frame
 from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments
 
+if TYPE_CHECKING:
+    from .changes import ChangeSet
+
 VIRTUAL_RECORD_NAME = ".arvados#collection"
-WRITER_LOCK_TIMEOUT = 120.0
 #: How long ``record_json`` waits for an in-flight change to commit when the
 #: tree holds bytes that are not stored yet (they have no locator to show).
 RECORD_WAIT_TIMEOUT = 10.0
-_RECORD_KEYS = ("uuid", "name", "portable_data_hash", "manifest_text", "properties", "modified_at", "version")
 
 
-#: ``DirNode.tail`` value meaning "the own-files line of ``src`` in the
-#: stream index is still exact": the line is reused by reference, so a loaded
-#: directory costs no second copy of its manifest text.
+#: ``_line_ok`` marker for "no verdict cached yet".
 _UNKNOWN: Any = object()
-FROM_INDEX: Any = type("_FromIndex", (), {"__repr__": lambda self: "FROM_INDEX", "__slots__": ()})()
-
-
-class DirNode:
-    """A directory.  ``children`` is None until loaded from ``src``."""
-
-    __slots__ = ("children", "src", "tail", "mtimes")
-
-    def __init__(self, children: dict | None = None, src: str | None = None) -> None:
-        self.children: dict[str, Any] | None = children
-        # Directory path in the source StreamIndex this node loads from (and,
-        # once loaded, whose line ``tail == FROM_INDEX`` refers to).
-        self.src = src
-        # Cached stream line of this directory's own files *without* the
-        # stream name (" <locators> <tokens>\n"), '' when it has no files,
-        # FROM_INDEX (see there), or None when it must be rendered again.
-        self.tail: Any = None
-        # Modification times of entries changed in this process.
-        self.mtimes: dict[str, float] | None = None
-
-
-class Stat:
-    __slots__ = ("is_dir", "size", "mtime", "etag")
-
-    def __init__(self, is_dir: bool, size: int, mtime: float, etag: str | None) -> None:
-        self.is_dir = is_dir
-        self.size = size
-        self.mtime = mtime
-        self.etag = etag
-
-    def __repr__(self) -> str:
-        return f"Stat(is_dir={self.is_dir}, size={self.size}, etag={self.etag})"
 
 
 class CollectionTree:
@@ -194,6 +161,71 @@ class CollectionTree:
         self.invalid = False
         self.commits = CommitQueue(self)
         self.loaded_at = time.monotonic()
+
+    # ------------------------------------------------------- writer lock, commits
+
+    def lock_writer(self, timeout: float) -> bool:
+        """Take ``writer`` for a change set (``ChangeSet.acquire``); False
+        if ``timeout`` passed first."""
+        if not self.writer.acquire(timeout=timeout):
+            return False
+        self._writer_thread = threading.get_ident()
+        return True
+
+    def unlock_writer(self) -> None:
+        """Give ``writer`` back (the change set holding it is done with it)."""
+        self._writer_thread = None
+        self.writer.release()
+
+    def apply_commit(
+        self,
+        *,
+        version: int,
+        on_base: bool = True,
+        mtime: float | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Bring the tree to the catalog's state after one of our updates.
+
+        The one place a commit's result reaches a tree: the session calls
+        it with each catalog record it gets back (``record``: fields to
+        merge into ``self.record``; ``mtime``: the collection's new
+        modification time).  ``on_base``: the update was applied on the
+        version this tree had; if not, someone else committed in between,
+        and the tree is marked ``stale`` (reloaded when due).  Takes
+        ``_lock``.
+        """
+        with self._lock:
+            self.version = version
+            if mtime is not None:
+                self.mtime = mtime
+            if record:
+                self.record.update(record)
+            if not on_base:
+                self.stale = True
+
+    def undo(self, entries: list[Undo]) -> None:
+        """Undo node changes of this tree (``ChangeSet.rollback``), newest
+        (last) first.  The caller's change holds ``writer``; takes ``_lock``."""
+        with self._lock:
+            for u in reversed(entries):
+                self._gen += 1
+                self.entries -= u.delta[0]
+                self.manifest_bytes -= u.delta[1]
+                parent, name = u.parent, u.name
+                ch = parent.children
+                if ch is None:
+                    continue
+                if u.old is None:
+                    ch.pop(name, None)
+                else:
+                    ch[name] = u.old
+                if parent.mtimes is not None:
+                    if u.old_mtime is None:
+                        parent.mtimes.pop(name, None)
+                    else:
+                        parent.mtimes[name] = u.old_mtime
+                parent.tail = u.old_tail
 
     # ------------------------------------------------------------------ loading
 
@@ -344,61 +376,33 @@ class CollectionTree:
 
     def _record_body_now(self) -> "RecordBody":
         with self._lock:
-            rec = {k: self.record.get(k) for k in _RECORD_KEYS if k != "manifest_text"}
+            rec = {k: self.record.get(k) for k in RECORD_KEYS if k != "manifest_text"}
             key = (self._gen, json.dumps(rec, sort_keys=True, default=str))
             cached = self._record_cache
             if cached is not None and cached[0] == key and cached[1][3] is not None:
                 length, etag, pdh, data = cached[1]
-                return RecordBody(self, [], b"", b"", length, etag, data)
+                return RecordBody(self.expand, [], b"", b"", length, etag, data)
             # Pieces of the text: mostly references to stored lines, plus
             # unloaded subtrees to be rendered later (no copy of the text).
             pieces = list(self._marshal_iter(False, defer=True))
         if cached is not None and cached[0] == key:
             length, etag, pdh, _ = cached[1]
-            prefix, suffix = _record_frame(rec, pdh)
-            return RecordBody(self, pieces, prefix, suffix, length, etag, None)
+            prefix, suffix = record_frame(rec, pdh)
+            return RecordBody(self.expand, pieces, prefix, suffix, length, etag, None)
         # First pass: length, ETag and (if the catalog has none yet) the
         # PDH, computed chunk by chunk without keeping the text.
         need_pdh = rec.get("portable_data_hash") is None and self._trusted
-        pdh = rec.get("portable_data_hash")
-        md5 = hashlib.md5()
-        pdh_md5 = hashlib.md5()
-        pdh_len = 0
-        n = 0
-        small: list[bytes] | None = []
-        mid_line = False
-        for chunk in _chunks(self._expand(pieces)):
-            esc = json.dumps(chunk)[1:-1].encode()
-            n += len(esc)
-            md5.update(esc)
-            if small is not None:
-                small.append(esc)
-                if n > SMALL_RECORD:
-                    small = None
-            if need_pdh:
-                # The catalog computes PDHs lazily; a trusted tree renders
-                # the very text the catalog stores, so its hash is the PDH.
-                # A chunk that starts mid-line gets its space back, so a
-                # locator at its start is still recognised.
-                stripped = strip_manifest(" " + chunk)[1:] if mid_line else strip_manifest(chunk)
-                sb = stripped.encode()
-                pdh_md5.update(sb)
-                pdh_len += len(sb)
-            mid_line = chunk.endswith(" ")
-        if need_pdh:
-            pdh = f"{pdh_md5.hexdigest()}+{pdh_len}"
-        prefix, suffix = _record_frame(rec, pdh)
-        length = len(prefix) + n + len(suffix)
-        etag = hashlib.md5(prefix + md5.hexdigest().encode() + suffix).hexdigest()
-        data = prefix + b"".join(small) + suffix if small is not None else None
+        length, etag, pdh, data = measure_record(rec, self.expand(pieces), need_pdh=need_pdh)
+        prefix, suffix = record_frame(rec, pdh)
         with self._lock:
             if self._gen == key[0]:
                 self._record_cache = (key, (length, etag, pdh, data))
-        return RecordBody(self, pieces, prefix, suffix, length, etag, data)
+        return RecordBody(self.expand, pieces, prefix, suffix, length, etag, data)
 
-    def _expand(self, pieces: list[Any]) -> Iterator[str]:
-        """Snapshot pieces as text; ``_Deferred`` subtrees rendered now from
-        the immutable stream index (no lock: they touch no shared node)."""
+    def expand(self, pieces: list[Any]) -> Iterator[str]:
+        """Snapshot pieces (``_marshal_iter(defer=True)``) as text;
+        ``_Deferred`` subtrees rendered now from the immutable stream index
+        (no lock needed: they touch no shared node)."""
         for p in pieces:
             if type(p) is str:
                 yield p
@@ -503,7 +507,7 @@ class CollectionTree:
         """
         old = ch.get(name)
         old_mtime = parent.mtimes.get(name) if parent.mtimes else None
-        change._undo.append((self, parent, name, old, old_mtime, parent.tail, delta))
+        change.record_undo(Undo(self, parent, name, old, old_mtime, parent.tail, delta))
         self._gen += 1
         self.entries += delta[0]
         self.manifest_bytes += delta[1]
@@ -540,7 +544,7 @@ class CollectionTree:
             self._check_growth(delta)
             self._set(change, parent, ch, name, segs, delta)
             self.depth_bound = max(self.depth_bound, len(resolved))
-        change._ops.append(("put", self, "/".join(resolved), segs))
+        change.record_op(Op("put", self, "/".join(resolved), segs))
         return old is None
 
     def mkdir(self, change: "ChangeSet", path: str) -> None:
@@ -553,11 +557,11 @@ class CollectionTree:
                 raise AlreadyExists(path)
             check_new_name(name)
             self._check_depth(len(resolved))
-            delta = (1, _sname_len(resolved) + 45)
+            delta = (1, sname_len(resolved) + 45)
             self._check_growth(delta)
             self._set(change, parent, ch, name, DirNode(children={}), delta)
             self.depth_bound = max(self.depth_bound, len(resolved))
-        change._ops.append(("mkdir", self, "/".join(resolved), None))
+        change.record_op(Op("mkdir", self, "/".join(resolved), None))
 
     def remove(self, change: "ChangeSet", path: str) -> None:
         """Delete a file, or a directory recursively."""
@@ -570,9 +574,9 @@ class CollectionTree:
             parent, ch, name, resolved = self._parent(parts)
             if name not in ch:
                 raise NotFound(path)
-            gone = self._measure(ch[name], name, _sname_len(resolved))
+            gone = self._measure(ch[name], name, sname_len(resolved))
             self._set(change, parent, ch, name, None, (-gone[0], -gone[1]))
-        change._ops.append(("delete", self, "/".join(resolved), None))
+        change.record_op(Op("delete", self, "/".join(resolved), None))
 
     # ------------------------------------------------------------------ limits
 
@@ -719,7 +723,7 @@ class CollectionTree:
                 raise AlreadyExists(dst)
             if existing is None:
                 check_new_name(dname)
-            dslen = _sname_len(dres)
+            dslen = sname_len(dres)
             gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
             if type(entry) is DirNode and not recursive:
                 self._check_depth(len(dres))
@@ -749,7 +753,7 @@ class CollectionTree:
             self._set(change, dparent, dch, dname, value, delta)
             self.depth_bound = max(self.depth_bound, len(dres) + added[2])
         src_path, dst_path = "/".join(sres), "/".join(dres)
-        change._ops.append((kind, self, dst_path, src_path if kind != "mkdir" else None))
+        change.record_op(Op(kind, self, dst_path, src_path if kind != "mkdir" else None))
         return existing is None
 
     def import_entry(self, change: "ChangeSet", src_tree: "CollectionTree", src: str, dst: str, *, overwrite: bool = True, recursive: bool = True) -> bool:
@@ -766,7 +770,7 @@ class CollectionTree:
             entry = src_tree._walk(sp) if sp else src_tree.root
         with self._lock:
             _, dch, dname, dres = self._parent(dp)
-            dslen = _sname_len(dres)
+            dslen = sname_len(dres)
             existing = dch.get(dname)
             gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
         with src_tree._lock:
@@ -795,7 +799,7 @@ class CollectionTree:
             value = self._from_dir(content) if isinstance(content, Dir) else content
             self._set(change, dparent, dch, dname, value, delta)
             self.depth_bound = max(self.depth_bound, len(dres) + added[2])
-        change._ops.append(("import", self, "/".join(dres), content))
+        change.record_op(Op("import", self, "/".join(dres), content))
         return existing is None
 
     def _materialize(self, node: DirNode) -> Dir:
@@ -848,7 +852,7 @@ class CollectionTree:
         if size <= cur:
             new = merge(slice_segments(segs, 0, size))
         else:
-            new = merge(list(segs) + _zero_segments(size - cur, self.budget))
+            new = merge(list(segs) + zero_segments(size - cur))
         self.put_file(change, path, new)
 
     def write_at(self, change: "ChangeSet", path: str, offset: int, data: bytes) -> None:
@@ -876,7 +880,7 @@ class CollectionTree:
         cur = size_of(segs)
         new: list[tuple] = list(slice_segments(segs, 0, min(offset, cur)))
         if offset > cur:
-            new += _zero_segments(offset - cur, self.budget)
+            new += zero_segments(offset - cur)
         mv = memoryview(data)
         for i in range(0, len(mv), MAX_BLOCK_SIZE):
             piece = mv[i : i + MAX_BLOCK_SIZE]
@@ -1020,478 +1024,3 @@ class _Deferred:
     def __init__(self, src: str, sname: str) -> None:
         self.src = src
         self.sname = sname
-
-
-#: Records up to this many bytes are kept whole in the cache (and served
-#: with ranges); bigger ones are rendered anew, chunk by chunk, per read.
-SMALL_RECORD = 1 << 18
-_CHUNK = 1 << 16
-_PLACEHOLDER = "\x00davcoll-manifest-text\x00"
-
-
-def _record_frame(rec: dict[str, Any], pdh: str | None) -> tuple[bytes, bytes]:
-    """The record's JSON before and after the manifest text (quotes included).
-
-    Keys are sorted, so this is byte-identical to dumping the whole record.
-    """
-    rec = dict(rec, manifest_text=_PLACEHOLDER, portable_data_hash=pdh)
-    text = json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n"
-    marker = json.dumps(_PLACEHOLDER)
-    i = text.index(marker)  # "manifest_text" sorts before every other key
-    return (text[:i] + '"').encode(), ('"' + text[i + len(marker) :]).encode()
-
-
-def _chunks(pieces: Iterator[str], size: int | None = None) -> Iterator[str]:
-    """Pieces of manifest text regrouped into chunks of about ``size``
-    characters, each ending just after a newline or a space (the last one
-    wherever the text ends), so that no chunk is ever the whole text of a
-    big manifest and each can be JSON-escaped (and stripped) on its own."""
-    if size is None:
-        size = _CHUNK
-    buf: list[str] = []
-    n = 0
-    for p in pieces:
-        if len(p) <= size:
-            buf.append(p)
-            n += len(p)
-            if n >= size and (p.endswith("\n") or p.endswith(" ")):
-                yield "".join(buf)
-                buf, n = [], 0
-            continue
-        i = 0
-        while len(p) - i > size:
-            cut = p.rfind(" ", i, i + size)
-            if cut < i:
-                cut = p.find(" ", i + size)
-                if cut < 0:
-                    break
-            buf.append(p[i : cut + 1])
-            yield "".join(buf)
-            buf, n = [], 0
-            i = cut + 1
-        rest = p[i:]
-        buf.append(rest)
-        n += len(rest)
-    if buf:
-        yield "".join(buf)
-
-
-class RecordBody:
-    """A snapshot of ``.arvados#collection``: ``length`` and ``etag`` are
-    known up front; iterating renders the JSON chunk by chunk (manifest
-    text pieces escaped one by one), so even a million-file record is never
-    held whole in memory.  Small records carry their bytes in ``data``."""
-
-    def __init__(self, tree: CollectionTree, pieces: list[Any], prefix: bytes, suffix: bytes,
-                 length: int, etag: str, data: bytes | None) -> None:
-        self.tree = tree
-        self.pieces = pieces
-        self.prefix = prefix
-        self.suffix = suffix
-        self.length = length
-        self.etag = etag
-        self.data = data
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self.data is not None:
-            yield self.data
-            return
-        yield self.prefix
-        for chunk in _chunks(self.tree._expand(self.pieces)):
-            yield json.dumps(chunk)[1:-1].encode()
-        yield self.suffix
-
-    def reader(self) -> "_IterReader":
-        """A read-only file object over the content."""
-        return _IterReader(iter(self))
-
-
-class _IterReader(io.RawIOBase):
-    """``read(n)`` over an iterator of byte chunks (no seeking)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
-        if n is None or n < 0:
-            data = self._buf + b"".join(self._chunks)
-            self._buf = b""
-            return data
-        while len(self._buf) < n:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                break
-            self._buf += nxt
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
-def _sname_len(parts: list[str]) -> int:
-    """Approximate length of the stream name ``./a/b`` of a path."""
-    return 1 + sum(len(p) + 1 for p in parts)
-
-
-def _zero_segments(n: int, budget: ByteBudget) -> list[tuple]:
-    """Segments of ``n`` zero bytes, sharing one buffered zero block."""
-    if n <= 0:
-        return []
-    chunk = min(n, 1 << 20)
-    zeros = BufferBlock(None, bytes(chunk))
-    out = []
-    while n > 0:
-        k = min(n, chunk)
-        out.append((zeros, 0, k))
-        n -= k
-    return out
-
-
-# ---------------------------------------------------------------------- changes
-
-
-class ChangeSet:
-    """The mutations of one request, their undo log and their catalog delta."""
-
-    def __init__(self, lock_timeout: float = WRITER_LOCK_TIMEOUT) -> None:
-        self._locked: list[CollectionTree] = []
-        self._undo: list[tuple] = []
-        self._ops: list[tuple] = []
-        self._lock_timeout = lock_timeout
-        # Side-store changes (dead properties, locks, metadata files) that
-        # must happen only once the catalog holds this change.
-        self._on_commit: list[Callable[[], None]] = []
-
-    def on_commit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` after this change is committed (never if it fails)."""
-        self._on_commit.append(action)
-
-    def take_commit_actions(self) -> list[Callable[[], None]]:
-        """The registered after-commit actions (emptied: they run once)."""
-        actions, self._on_commit = self._on_commit, []
-        return actions
-
-    def only_removes(self, tree: CollectionTree) -> bool:
-        """Whether this change only deletes from ``tree`` (such updates go
-        last in a multi-collection commit: a failure then leaves a copy,
-        never a loss)."""
-        return all(op[0] == "delete" for op in self.ops_for(tree))
-
-    @property
-    def trees(self) -> list[CollectionTree]:
-        return list(self._locked)
-
-    def __bool__(self) -> bool:
-        return bool(self._ops)
-
-    def acquire(self, tree: CollectionTree) -> None:
-        """Take ``tree``'s writer lock for the rest of this change."""
-        if any(t is tree for t in self._locked):
-            return
-        if not tree.writer.acquire(timeout=self._lock_timeout):
-            raise BusyError("collection is busy; try again")
-        tree._writer_thread = threading.get_ident()
-        self._locked.append(tree)
-
-    def lock_trees(self, *trees: CollectionTree) -> None:
-        """Take several writer locks in a deadlock-free (UUID) order.
-
-        Call it before the change's first mutation: two requests locking the
-        same pair of collections then always wait in the same direction.
-        (Locks this change already holds are kept, not re-ordered; if that
-        breaks the order, the acquire timeout turns a deadlock into a
-        BusyError rather than a hang.)
-        """
-        for t in sorted(trees, key=lambda t: (t.uuid, id(t))):
-            self.acquire(t)
-
-    def ops_for(self, tree: CollectionTree) -> list[tuple]:
-        return [op for op in self._ops if op[1] is tree]
-
-    def flush(self) -> None:
-        """Store every still-buffered byte this change references.
-
-        Small buffers are packed together into shared blocks (up to 64 MiB);
-        a buffer of 32 MiB or more is stored on its own.  Each tree's
-        buffers go to that tree's block store (stores are per token).
-        """
-        for tree in self._locked:
-            buffers = pending_buffers(self.ops_for(tree))
-            if buffers:
-                pack_and_store(buffers, tree.store, tree.flusher)
-
-    def batches(self, tree: CollectionTree) -> list[tuple[dict[str, str], str]]:
-        """This change's operations on ``tree`` as catalog updates (see
-        ``compile_batches``)."""
-        return compile_batches(self.ops_for(tree))
-
-    def detach(self, tree: CollectionTree) -> None:
-        """Hand ``tree``'s part of this change to its commit queue.
-
-        Releases the writer lock and gives up the undo log for ``tree``
-        (later writers build on these mutations, so they can no longer be
-        undone locally; a failed commit invalidates the tree instead).  The
-        operations stay until the queue's leader commits them.
-        """
-        self._undo = [u for u in self._undo if u[0] is not tree]
-        if any(t is tree for t in self._locked):
-            self._locked = [t for t in self._locked if t is not tree]
-            tree._writer_thread = None
-            tree.writer.release()
-
-    def forget(self, tree: CollectionTree) -> None:
-        """Drop ``tree``'s operations once the catalog holds them."""
-        self._ops = [op for op in self._ops if op[1] is not tree]
-
-    def committed(self, tree: CollectionTree, *, version: int, record: dict[str, Any] | None = None, fresh: bool = True) -> None:
-        """The catalog accepted this change's updates for ``tree``."""
-        with tree._lock:
-            tree.version = version
-            if record:
-                tree.record.update(record)
-            if not fresh:
-                tree.stale = True
-        self._ops = [op for op in self._ops if op[1] is not tree]
-        # The change is durable for this tree: a later rollback (another tree
-        # of the same request failed) must not undo it locally.
-        self._undo = [u for u in self._undo if u[0] is not tree]
-
-    def rollback(self) -> None:
-        """Undo every mutation, newest first, and forget the operations."""
-        trees = sorted(self._locked, key=lambda t: (t.uuid, id(t)))
-        for t in trees:
-            t._lock.acquire()
-        try:
-            self._undo_all()
-        finally:
-            for t in reversed(trees):
-                t._lock.release()
-        self._ops.clear()
-
-    def _undo_all(self) -> None:
-        for tree, parent, name, old, old_mtime, old_tail, delta in reversed(self._undo):
-            tree._gen += 1
-            tree.entries -= delta[0]
-            tree.manifest_bytes -= delta[1]
-            ch = parent.children
-            if ch is None:
-                continue
-            if old is None:
-                ch.pop(name, None)
-            else:
-                ch[name] = old
-            if parent.mtimes is not None:
-                if old_mtime is None:
-                    parent.mtimes.pop(name, None)
-                else:
-                    parent.mtimes[name] = old_mtime
-            parent.tail = old_tail
-        self._undo.clear()
-
-    def release(self) -> None:
-        """Drop the writer locks (after commit or rollback).
-
-        Anything neither committed nor rolled back by then is rolled back
-        first: the catalog never saw it, so keeping it would make the cached
-        tree disagree with the catalog while looking clean.
-        """
-        if self._undo:
-            self.rollback()
-        self._ops.clear()
-        self._on_commit.clear()
-        while self._locked:
-            tree = self._locked.pop()
-            tree._writer_thread = None
-            tree.writer.release()
-
-
-def pending_buffers(ops: list[tuple]) -> list[BufferBlock]:
-    """Distinct BufferBlocks that operations reference and nobody stored yet."""
-    pending: dict[int, BufferBlock] = {}
-    for kind, _tree, _path, arg in ops:
-        for segs in _segment_lists(kind, arg):
-            for seg in segs:
-                src = seg[0]
-                if type(src) is not str and src.locator is None:
-                    pending[id(src)] = src
-    return list(pending.values())
-
-
-def compile_batches(ops: list[tuple]) -> list[tuple[dict[str, str], str]]:
-    """Operations (of one tree, in order) as catalog updates.
-
-    Consecutive operations share one ``replace_files`` map while none of
-    their paths overlap; an overlap starts a new batch, because a
-    ``current/`` source always reads the catalog's state *before* the
-    update.  Returns ``[(replace_files, manifest_text), ...]``; every
-    segment must be stored.
-    """
-    out: list[tuple[dict[str, str], str]] = []
-    rf: dict[str, str] = {}
-    content = Dir()
-    used: list[str] = []
-
-    def overlaps(p: str) -> bool:
-        return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
-
-    def close_batch() -> None:
-        nonlocal rf, content, used
-        if rf:
-            out.append((rf, Manifest(content).to_text()))
-        rf, content, used = {}, Dir(), []
-
-    for kind, _tree, path, arg in ops:
-        paths = [path] + ([arg] if kind in ("copy", "move") else [])
-        if any(overlaps(p) for p in paths):
-            close_batch()
-        used.extend(paths)
-        target = "/" + path
-        if kind == "delete":
-            rf[target] = ""
-        elif kind in ("copy", "move"):
-            rf[target] = "current/" + arg
-            if kind == "move" and not arg.startswith(path + "/"):
-                # Moving a/b onto its ancestor a: replacing a already
-                # drops a/b, and a delete target nested in a non-empty
-                # target would be rejected by the catalog.
-                rf["/" + arg] = ""
-        else:
-            rf[target] = "manifest_text/" + path
-            _place_content(content, path, kind, arg)
-    close_batch()
-    return out
-
-
-def _op_paths(op: tuple) -> list[str]:
-    kind, _tree, path, arg = op
-    return [path] + ([arg] if kind in ("copy", "move") else [])
-
-
-def compile_group(per_request: list[list[tuple]]) -> list[tuple[dict[str, str], str, int]]:
-    """The operations of several requests (in queue order) as catalog updates.
-
-    Like ``compile_batches``, but a new update starts only *between*
-    requests, so one request's change is one catalog update and a failed
-    update never leaves a request half applied.  Each item is
-    ``(replace_files, manifest_text, done)``: once this update is applied,
-    requests ``0..done`` are completely in the catalog (``done`` is -1 when
-    none is).  A request whose own operations overlap each other (none of
-    the WebDAV methods makes such a change) is split as before.
-    """
-    out: list[tuple[dict[str, str], str, int]] = []
-    chunk: list[tuple] = []
-    used: list[str] = []
-    complete = -1  # last request completely in the updates emitted so far
-
-    def overlaps(p: str) -> bool:
-        return any(p == u or p.startswith(u + "/") or u.startswith(p + "/") for u in used)
-
-    def emit(last: int) -> None:
-        nonlocal complete
-        batches = compile_batches(chunk)
-        for i, (rf, mt) in enumerate(batches):
-            out.append((rf, mt, last if i == len(batches) - 1 else complete))
-        if batches:
-            complete = last
-
-    last_in_chunk = -1
-    for i, ops in enumerate(per_request):
-        paths = [p for op in ops for p in _op_paths(op)]
-        if chunk and any(overlaps(p) for p in paths):
-            emit(last_in_chunk)
-            chunk, used = [], []
-        chunk.extend(ops)
-        used.extend(paths)
-        last_in_chunk = i
-    if chunk:
-        emit(last_in_chunk)
-    return out
-
-
-def pack_and_store(buffers: list[BufferBlock], store: BlockStore, flusher: Flusher) -> None:
-    """Store buffers, packing small ones together into shared blocks."""
-    pack_limit = MAX_BLOCK_SIZE
-    big = [b for b in buffers if len(b) >= pack_limit // 2]
-    small = sorted((b for b in buffers if len(b) < pack_limit // 2), key=len, reverse=True)
-    for b in big:
-        flusher.store_now(b, store)
-    packs: list[list[BufferBlock]] = []
-    sizes: list[int] = []
-    for b in small:
-        for i, s in enumerate(sizes):
-            if s + len(b) <= pack_limit:
-                packs[i].append(b)
-                sizes[i] += len(b)
-                break
-        else:
-            packs.append([b])
-            sizes.append(len(b))
-    for pack in packs:
-        if len(pack) == 1:
-            flusher.store_now(pack[0], store)
-            continue
-        combined = BufferBlock(None)
-        bases = []
-        for b in pack:
-            bases.append(len(combined))
-            assert b.data is not None and combined.data is not None
-            combined.data += b.data
-        loc = flusher.store_now(combined, store)
-        for b, base in zip(pack, bases):
-            b.stored(loc, base)
-
-
-def _segment_lists(kind: str, arg: Any) -> Iterator[Segments]:
-    if kind == "put":
-        yield arg
-    elif kind == "import":
-        if isinstance(arg, Dir):
-            stack = [arg]
-            while stack:
-                d = stack.pop()
-                for v in d.values():
-                    if isinstance(v, Dir):
-                        stack.append(v)
-                    else:
-                        yield v
-        else:
-            yield arg
-
-
-def _place_content(content: Dir, path: str, kind: str, arg: Any) -> None:
-    """Put a put/mkdir/import operation's content at ``path`` in ``content``."""
-    parts = path.split("/")
-    d = content
-    for p in parts[:-1]:
-        nxt = d.get(p)
-        if not isinstance(nxt, Dir):
-            nxt = d[p] = Dir()
-        d = nxt
-    if kind == "mkdir":
-        d[parts[-1]] = Dir()
-    elif kind == "put":
-        d[parts[-1]] = resolve_all(arg)
-    else:
-        d[parts[-1]] = _resolve_dir(arg) if isinstance(arg, Dir) else resolve_all(arg)
-
-
-def _resolve_dir(d: Dir) -> Dir:
-    """A copy of ``d`` with every segment resolved to its locator (iterative)."""
-    top = Dir()
-    stack: list[tuple[Dir, Dir]] = [(d, top)]
-    while stack:
-        src, out = stack.pop()
-        for k, v in src.items():
-            if isinstance(v, Dir):
-                sub = out[k] = Dir()
-                stack.append((v, sub))
-            else:
-                out[k] = resolve_all(v)
-    return top
