@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import random
 import re
@@ -17,6 +18,7 @@ from davcoll.storage.catalog import BadRequest, Conflict, InvalidManifest, NotFo
 from davcoll.storage.local_catalog import LocalCatalog, db_path_for
 from davcoll.storage.local_catalog import lines as catalog_lines
 from davcoll.storage.local_catalog.lines import render_dir
+from davcoll.storage.local_catalog.schema import MIGRATIONS
 from davcoll.storage.local_catalog.writer import VersionWriter
 from davcoll.storage.local_tokens import LocalTokenStore
 from davcoll.storage.replace_files import apply_to_tree, plan_replace_files
@@ -821,13 +823,16 @@ V1_SCHEMA = (
 )
 
 
+# The token table as the token store created it before it was versioned.
+UNVERSIONED_TOKENS = """CREATE TABLE IF NOT EXISTS tokens (token_sha256 TEXT PRIMARY KEY, read_only INTEGER NOT NULL,
+    label TEXT NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID"""
+
+
 def test_schema_1_database_is_migrated(tmp_path):
     """A database written by the one-row-per-directory catalog opens with all
     versions intact (and the token table untouched)."""
     path = tmp_path / "catalog.sqlite3"
-    store = LocalTokenStore(path)
-    token = store.create(False, "keep me")
-    store.close()
+    token = "a-token-made-by-the-unversioned-token-store"
     uuid = "dvcol-4zz18-000000000000001"
     ts = "2026-01-01T00:00:00.000000Z"
     marker = f"./m {EMPTY} 0:0:\\056\n"
@@ -835,6 +840,8 @@ def test_schema_1_database_is_migrated(tmp_path):
     with sqlite3.connect(path) as conn:
         for statement in V1_SCHEMA:
             conn.execute(statement)
+        conn.execute(UNVERSIONED_TOKENS)
+        conn.execute("INSERT INTO tokens VALUES (?, 0, 'keep me', ?)", (hashlib.sha256(token.encode()).hexdigest(), ts))
         conn.execute("INSERT INTO collections VALUES (?, 'old', '', ?, ?, 2, '{}', 0, NULL)", (uuid, ts, ts))
         conn.execute("INSERT INTO versions VALUES (?, 1, 'old', '{}', ?, ?, ?)", (uuid, ts, len(BASE), portable_data_hash(BASE)))
         conn.execute("INSERT INTO versions VALUES (?, 2, 'old', '{}', ?, ?, NULL)", (uuid, ts, len(v2)))
@@ -861,7 +868,7 @@ def test_schema_1_database_is_migrated(tmp_path):
     assert cat.referenced_blocks() == {FOO, BAR}
     cat.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "dirs" not in tables and "collections_v1" not in tables
     store = LocalTokenStore(path)
@@ -872,7 +879,7 @@ def test_schema_1_database_is_migrated(tmp_path):
 def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "c.sqlite3"
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 3")
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(RuntimeError, match="newer"):
         LocalCatalog(path)
 

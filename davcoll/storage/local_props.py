@@ -5,8 +5,10 @@ range on the key: descendants of ``k`` are keys in ``[k + "/", k + "0")``
 ("0" is the character after "/"), which an index answers without a scan.
 The ``parent`` column (``parent_key(res_key)``, indexed) lets a folder
 listing read its children's properties in one query without touching
-deeper levels; databases from before it are filled in on open.
-Connections and transactions: ``local_sqlite.Database``.
+deeper levels.  The table is part of the catalog database's schema
+(``local_catalog.schema``: created and upgraded there, also when the file
+is the Arvados backend's ``dead-props.sqlite3``); connections and
+transactions: ``local_sqlite.Database``.
 """
 
 from __future__ import annotations
@@ -14,40 +16,17 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .local_sqlite import Database
+from .local_catalog.schema import open_catalog_db
 from .props import PropertyStore, parent_key
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS dead_props (
-    res_key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value BLOB NOT NULL,
-    parent TEXT,
-    PRIMARY KEY (res_key, name)
-) WITHOUT ROWID;
-"""
-_PARENT_INDEX = "CREATE INDEX IF NOT EXISTS dead_props_parent ON dead_props(parent)"
 
 
 class LocalPropertyStore(PropertyStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
-        self._db = Database(db_path, label="dead property table")
-        self._db.connection().executescript(_SCHEMA)
-        self._add_parent_column()
+        self._db = open_catalog_db(db_path, label="dead property table")
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.connection()
-
-    def _add_parent_column(self) -> None:
-        """Upgrade a database made before the ``parent`` column (idempotent)."""
-        with self._db.write() as c:
-            cols = {r[1] for r in c.execute("PRAGMA table_info(dead_props)")}
-            if "parent" not in cols:
-                c.execute("ALTER TABLE dead_props ADD COLUMN parent TEXT")
-            c.create_function("davcoll_parent_key", 1, parent_key, deterministic=True)
-            c.execute("UPDATE dead_props SET parent = davcoll_parent_key(res_key) WHERE parent IS NULL")
-            c.execute(_PARENT_INDEX)
 
     def names(self, key: str) -> list[str]:
         rows = self._conn().execute("SELECT name FROM dead_props WHERE res_key=? ORDER BY name", (key,))

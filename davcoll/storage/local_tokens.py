@@ -20,21 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .local_catalog import rfc3339_now
-from .local_sqlite import Database
+from .local_catalog.schema import open_catalog_db
 
 __all__ = ["LocalTokenStore", "TokenInfo"]
 
 _ID_CHARS = 12
 _MIN_PREFIX = 4
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    token_sha256 TEXT PRIMARY KEY,
-    read_only INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    created_at TEXT NOT NULL
-) WITHOUT ROWID
-"""
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,8 @@ def _info(row: tuple) -> TokenInfo:
 
 
 class LocalTokenStore:
-    """Tokens in the ``tokens`` table of ``db_path`` (usually the catalog file).
+    """Tokens in the ``tokens`` table of ``db_path`` (usually the catalog file;
+    the table is part of its schema: ``local_catalog.schema``).
 
     Thread-safe: one connection per thread, like the catalog; every method is
     a single statement (autocommit), so no transaction spans calls.
@@ -65,8 +57,7 @@ class LocalTokenStore:
 
     def __init__(self, db_path: str | os.PathLike[str]):
         self.path = Path(db_path)
-        self._db = Database(self.path, label="token table")
-        self._db.connection().execute(_SCHEMA)
+        self._db = open_catalog_db(self.path, label="token table")
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.connection()

@@ -20,7 +20,7 @@ from ..catalog import (
     Unavailable,
     UpdateResult,
 )
-from ..local_sqlite import Database
+from ..local_sqlite import SYNCHRONOUS_MODES
 from ..pdh_indexer import PdhIndexer
 from ..replace_files import plan_replace_files
 from . import retention
@@ -40,7 +40,7 @@ from .records import (
     to_record,
 )
 from .rows import entry_chars, row_key
-from .schema import init_schema
+from .schema import open_catalog_db
 from .writer import VersionWriter, apply_replace_files
 
 _CACHE_WAIT_MS = 200  # how long a read that only wants to cache lines or a PDH waits for the write lock
@@ -84,15 +84,14 @@ class LocalCatalog(Catalog):
     ):
         if not CLUSTER_RE.fullmatch(cluster_id):
             raise ValueError(f"cluster_id must be 5 characters [a-z0-9], got {cluster_id!r}")
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"bad synchronous setting {synchronous!r}")
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cluster_id = cluster_id
         self.owner_uuid = owner_uuid
         self.cheap_pdh_chars = cheap_pdh_chars
-        self._db = Database(self.path, synchronous=synchronous, label="catalog database", unavailable=Unavailable)
-        init_schema(self._db)
+        self._db = open_catalog_db(self.path, synchronous=synchronous, unavailable=Unavailable)
         self._pdh_indexer = PdhIndexer(self.index_pdhs, min_interval=pdh_pass_interval)
 
     def close(self) -> None:
