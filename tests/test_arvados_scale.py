@@ -14,6 +14,7 @@ from davcoll.session import SessionConfig, SessionManager
 from davcoll.storage.arvados_api import ArvadosCatalog, ArvadosClient
 from davcoll.storage.catalog import revision_key
 from davcoll.storage.local_catalog import LocalCatalog
+from tree_helpers import open_read
 from davclient import DavClient
 from fake_cluster import arvados_backend, arvados_server, fake_fixture
 
@@ -308,7 +309,7 @@ def test_trees_reload_before_half_the_ttl(short_fake, short_manager):
         assert s.open_tree(ident) is tree
         tree.loaded_at -= TTL / 2 + 0.1  # as if half the TTL had passed
         fresh = s.open_tree(ident)
-        assert fresh is not tree and fresh.open_read("f").read() == b"data"
+        assert fresh is not tree and open_read(fresh, "f").read() == b"data"
 
 
 def test_read_refused_for_an_expired_signature_refreshes_once(short_fake, short_manager):
@@ -322,11 +323,11 @@ def test_read_refused_for_an_expired_signature_refreshes_once(short_fake, short_
     short_manager.backend.cache.clear()  # the upload left the block in the cache
     short_fake.time_offset = TTL + 2  # every signature these trees hold has expired
     before = n_api(short_fake)
-    assert tree.open_read("f").read() == b"payload"
+    assert open_read(tree, "f").read() == b"payload"
     refresh = [c for c in api_calls(short_fake, before) if "manifest_text" in c.query]
     assert len(refresh) == 1  # one manifest re-fetch for fresh signatures
     assert s.open_tree(rec.uuid) is not tree  # and the tree is reloaded at its next use
-    assert pdh_tree.open_read("f").read() == b"payload"
+    assert open_read(pdh_tree, "f").read() == b"payload"
 
 
 def test_upload_longer_than_the_ttl_commits(short_fake, short_manager):
@@ -349,7 +350,7 @@ def test_upload_longer_than_the_ttl_commits(short_fake, short_manager):
     tree.put_file(change, "big.bin", segs)
     s.commit(change)  # the first blocks' original signatures have expired by now
     s.drop_tree(rec.uuid)
-    assert s.open_tree(rec.uuid).open_read("big.bin").read() == b"".join(parts)
+    assert open_read(s.open_tree(rec.uuid), "big.bin").read() == b"".join(parts)
 
 
 def test_http_reads_after_the_ttl(short_fake, tmp_path):

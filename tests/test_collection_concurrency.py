@@ -24,12 +24,13 @@ import pytest
 
 from davcoll import manifest as M
 from davcoll.collection import BusyError, ByteBudget, ChangeSet, FileWriter
-from davcoll.collection.segments import buffers_of, size_of
+from davcoll.collection.segments import size_of
 from davcoll.collection.buffers import pack_and_store
 from davcoll.manifest import Manifest
 from davcoll.storage.blocks import BlockStore
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from davcoll.testing.flaky_blocks import FlakyBlockStore
+from tree_helpers import buffers_of, open_read
 from test_collection_tree import FLUSHER, apply_batches, build_manifest, make_tree, read_all
 
 
@@ -102,7 +103,7 @@ def test_readers_see_one_complete_version_while_writers_replace():
     def reader() -> None:
         mine: set[int] = set()
         while not stop.is_set():
-            with tree.open_read("f") as r:
+            with open_read(tree, "f") as r:
                 parts = []
                 while True:
                     piece = r.read(37_000)  # not aligned with blocks or words

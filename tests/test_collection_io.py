@@ -31,12 +31,13 @@ from davcoll.collection import (
     StorageFailure,
 )
 from davcoll.collection.io import STREAM_THRESHOLD
-from davcoll.collection.segments import buffers_of, size_of
+from davcoll.collection.segments import size_of
 from davcoll.collection.buffers import pack_and_store
 from davcoll.manifest import MAX_BLOCK_SIZE, parse_manifest
 from davcoll.storage.blocks import BlockCorrupt, BlockNotFound, BlockStoreUnavailable, bare_locator
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from davcoll.testing.flaky_blocks import FlakyBlockStore
+from tree_helpers import buffers_of, open_read
 from test_collection_tree import FLUSHER, build_manifest, commit, contents, make_tree, read_all
 
 
@@ -427,7 +428,7 @@ def test_flush_failure_is_a_storage_failure_and_rollback_restores(tree_with_file
 
 def test_reader_of_a_snapshot_is_not_disturbed_by_an_overwrite(tree_with_file):
     tree, text, store, budget = tree_with_file
-    r = tree.open_read("f")
+    r = open_read(tree, "f")
     assert r.read(4) == b"old "
     ch = ChangeSet()
     w = tree.new_writer()

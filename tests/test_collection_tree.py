@@ -51,6 +51,7 @@ from davcoll.manifest import Dir, Manifest, normalize_manifest, parse_manifest
 from davcoll.storage.catalog import NotFound as CatalogNotFound
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from davcoll.storage.replace_files import apply_to_tree, plan_replace_files
+from tree_helpers import open_read, record_json, truncate
 from tests.conftest import load_vectors
 
 # One pool for every test in the process, as the server shares one.
@@ -116,7 +117,7 @@ def commit(tree: CollectionTree, change: ChangeSet, base_text: str) -> str:
 
 
 def read_all(tree: CollectionTree, path: str) -> bytes:
-    with tree.open_read(path) as r:
+    with open_read(tree, path) as r:
         return r.read()
 
 
@@ -318,7 +319,7 @@ def test_invalid_names_in_every_operation(basic, path):
         lambda: tree.rename(ch, path, "new"),
         lambda: tree.copy(ch, "top.txt", path),
         lambda: tree.write_at(ch, path, 0, b"x"),
-        lambda: tree.truncate(ch, path, 0),
+        lambda: truncate(tree, ch, path, 0),
     ):
         with pytest.raises(InvalidName):
             op()
@@ -355,8 +356,8 @@ def test_not_found_and_parent_not_found(basic):
         lambda: tree.remove(ch, "nope"),
         lambda: tree.rename(ch, "nope", "x"),
         lambda: tree.copy(ch, "a/nope", "x"),
-        lambda: tree.truncate(ch, "nope", 3),
-        lambda: tree.open_read("nope"),
+        lambda: truncate(tree, ch, "nope", 3),
+        lambda: open_read(tree, "nope"),
     ):
         with pytest.raises(NotFound) as ei:
             op()
@@ -394,8 +395,8 @@ def test_not_a_directory_and_is_a_directory(basic):
     for op in (
         lambda: tree.put_file(ch, "a", ()),
         lambda: tree.snapshot("a/c"),
-        lambda: tree.open_read("a"),
-        lambda: tree.truncate(ch, "a", 0),
+        lambda: open_read(tree, "a"),
+        lambda: truncate(tree, ch, "a", 0),
         lambda: tree.write_at(ch, "b", 0, b"x"),
     ):
         with pytest.raises(IsADirectory):
@@ -441,7 +442,7 @@ def test_readonly_tree_refuses_every_mutation(store):
         lambda: tree.rename(ch, "top.txt", "x"),
         lambda: tree.copy(ch, "top.txt", "x"),
         lambda: tree.write_at(ch, "top.txt", 0, b"x"),
-        lambda: tree.truncate(ch, "top.txt", 0),
+        lambda: truncate(tree, ch, "top.txt", 0),
         lambda: tree.import_entry(ch, other, "a", "a2"),
     ):
         with pytest.raises(ReadOnly):
@@ -475,7 +476,7 @@ def test_virtual_record_file(basic):
     assert VIRTUAL_RECORD_NAME not in [n for n, _ in tree.listdir("")]
     assert not any(VIRTUAL_RECORD_NAME in p for p, _ in tree.walk_files(""))
     st = tree.stat(VIRTUAL_RECORD_NAME)
-    data = tree.open_read(VIRTUAL_RECORD_NAME).read()
+    data = open_read(tree, VIRTUAL_RECORD_NAME).read()
     assert st.size == len(data) and not st.is_dir
     rec = json.loads(data)
     assert rec["uuid"] == tree.uuid
@@ -497,7 +498,7 @@ def test_virtual_record_file(basic):
         lambda: tree.rename(ch, "top.txt", VIRTUAL_RECORD_NAME),
         lambda: tree.copy(ch, "top.txt", VIRTUAL_RECORD_NAME),
         lambda: tree.write_at(ch, VIRTUAL_RECORD_NAME, 0, b"x"),
-        lambda: tree.truncate(ch, VIRTUAL_RECORD_NAME, 0),
+        lambda: truncate(tree, ch, VIRTUAL_RECORD_NAME, 0),
     ):
         with pytest.raises(ReadOnly):
             op()
@@ -505,10 +506,10 @@ def test_virtual_record_file(basic):
     # Content follows the tree (the cache is invalidated by changes).
     tree.remove(ch, "top.txt")
     text2 = commit(tree, ch, text)
-    rec2 = json.loads(tree.record_json())
+    rec2 = json.loads(record_json(tree))
     assert rec2["manifest_text"] == text2 != text
     tree.record["properties"] = {"k": "w"}
-    assert json.loads(tree.record_json())["properties"] == {"k": "w"}
+    assert json.loads(record_json(tree))["properties"] == {"k": "w"}
 
 
 def test_virtual_record_waits_for_unstored_bytes_of_another_change(basic):
@@ -520,9 +521,9 @@ def test_virtual_record_waits_for_unstored_bytes_of_another_change(basic):
     ch = ChangeSet()
     tree.write_at(ch, "new", 0, b"buffered")
     with pytest.raises(BusyError):
-        tree.record_json()
+        record_json(tree)
     out: list[bytes] = []
-    t = threading.Thread(target=lambda: out.append(tree.record_json()))
+    t = threading.Thread(target=lambda: out.append(record_json(tree)))
     t.start()
     t.join(0.2)
     assert t.is_alive()  # waiting for the change to finish
@@ -705,7 +706,7 @@ def test_etag_changes_with_content(basic):
     before = {p: tree.stat(p).etag for p in ("a/f1", "a/f2", "b/g", "b/empty")}
     ch = ChangeSet()
     tree.write_at(ch, "a/f1", 0, b"J")  # same size, other bytes
-    tree.truncate(ch, "a/f2", 3)
+    truncate(tree, ch, "a/f2", 3)
     tree.write_at(ch, "b/g", 2, b"!")
     commit(tree, ch, text)
     after = {p: tree.stat(p).etag for p in before}
@@ -747,11 +748,11 @@ def test_etag_ignores_permission_hints():
 def test_truncate_shrink_and_grow(basic):
     tree, text = basic
     ch = ChangeSet()
-    tree.truncate(ch, "a/f2", 2)
-    tree.truncate(ch, "a/f1", 0)
-    tree.truncate(ch, "b/empty", 5)
-    tree.truncate(ch, "b/g", (3 << 20) + 7)  # grow past the 1 MiB zero chunk
-    tree.truncate(ch, "top.txt", 9)  # same size
+    truncate(tree, ch, "a/f2", 2)
+    truncate(tree, ch, "a/f1", 0)
+    truncate(tree, ch, "b/empty", 5)
+    truncate(tree, ch, "b/g", (3 << 20) + 7)  # grow past the 1 MiB zero chunk
+    truncate(tree, ch, "top.txt", 9)  # same size
     assert read_all(tree, "a/f2") == b"wo"
     assert read_all(tree, "a/f1") == b""
     assert read_all(tree, "b/empty") == bytes(5)
@@ -763,7 +764,7 @@ def test_truncate_shrink_and_grow(basic):
     assert read_all(reloaded, "a/f2") == b"wo"
     assert reloaded.stat("b/empty").size == 5
     with pytest.raises(ValueError):
-        tree.truncate(ChangeSet(), "a/f2", -1)
+        truncate(tree, ChangeSet(), "a/f2", -1)
 
 
 def test_write_at_with_gaps_and_overlaps(basic):
@@ -881,7 +882,7 @@ def test_rollback_restores_the_tree_exactly(basic):
     marshal_before = tree.marshal()
     ch = ChangeSet()
     tree.write_at(ch, "a/f1", 1, b"EE")
-    tree.truncate(ch, "b/g", 0)
+    truncate(tree, ch, "b/g", 0)
     tree.mkdir(ch, "z")
     tree.rename(ch, "a/c", "z/c")
     tree.copy(ch, "z", "y")

@@ -14,6 +14,7 @@ from davcoll.manifest import Manifest, parse_manifest
 from davcoll.storage.catalog import Unavailable
 from davcoll.storage.memory_blocks import MemoryBlockStore
 from davcoll.storage.replace_files import apply_to_tree, plan_replace_files
+from tree_helpers import open_read, record_json
 
 
 class ModelCatalog:
@@ -63,7 +64,7 @@ def put(tree: CollectionTree, path: str, data: bytes, catalog: ModelCatalog) -> 
 
 
 def read(tree: CollectionTree, path: str) -> bytes:
-    return tree.open_read(path).read()
+    return open_read(tree, path).read()
 
 
 def test_concurrent_puts_share_commits_and_blocks(env):
@@ -139,7 +140,7 @@ def test_record_json_waits_for_queued_commits(env):
     t = threading.Thread(target=put, args=(tree, "slow", b"slow bytes", cat))
     t.start()
     time.sleep(0.05)
-    data = tree.record_json()  # must not fail on the queued change's unstored tail
+    data = record_json(tree)  # must not fail on the queued change's unstored tail
     t.join()
     assert b"manifest_text" in data
 

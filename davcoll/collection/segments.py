@@ -61,16 +61,6 @@ def is_stored(segs: Segments) -> bool:
     return True
 
 
-def buffers_of(segs: Segments) -> list[BufferBlock]:
-    """Distinct BufferBlocks of a file that are not stored yet."""
-    seen: dict[int, BufferBlock] = {}
-    for seg in segs:
-        src = seg[0]
-        if type(src) is not str and src.locator is None:
-            seen[id(src)] = src
-    return list(seen.values())
-
-
 def etag_of(segs: Segments) -> str:
     """A strong ETag from the segment list alone (no block reads).
 

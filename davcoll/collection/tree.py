@@ -39,7 +39,7 @@ the commit under ``writer``:
   4. ``ByteBudget._cond`` (buffers.py).
 Readers take only ``_lock``, briefly, to resolve a path and snapshot a
 segment tuple; streaming then happens without any lock.  The one reader
-that may wait for ``writer`` is ``record_json`` (while another request's
+that may wait for ``writer`` is ``record_body`` (while another request's
 change holds unstored bytes); it releases ``_lock`` before waiting.
 ``FileWriter`` streams and waits for ``ByteBudget`` room holding no tree
 lock at all.
@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..manifest import (
     MAX_BLOCK_SIZE,
@@ -92,7 +92,7 @@ if TYPE_CHECKING:
     from .changes import ChangeSet
 
 VIRTUAL_RECORD_NAME = ".arvados#collection"
-#: How long ``record_json`` waits for an in-flight change to commit when the
+#: How long ``record_body`` waits for an in-flight change to commit when the
 #: tree holds bytes that are not stored yet (they have no locator to show).
 RECORD_WAIT_TIMEOUT = 10.0
 
@@ -148,10 +148,10 @@ class CollectionTree:
         self._lock = threading.RLock()
         # See the lock order in the module docstring (why a plain Lock).
         self.writer = threading.Lock()
-        # Thread that took ``writer`` (informational: lets record_json tell
+        # Thread that took ``writer`` (informational: lets record_body tell
         # "my own change holds unstored bytes" from "another request's").
         self._writer_thread: int | None = None
-        # Bumped by every structural change (and undo); keys record_json's cache.
+        # Bumped by every structural change (and undo); keys record_body's cache.
         self._gen = 0
         self._record_cache: tuple[tuple, tuple] | None = None
         # Set when the catalog may hold changes this tree has not seen.
@@ -336,15 +336,6 @@ class CollectionTree:
     def _is_virtual(self, parts: list[str]) -> bool:
         return len(parts) == 1 and parts[0] == VIRTUAL_RECORD_NAME
 
-    def record_json(self) -> bytes:
-        """Content of the virtual ``.arvados#collection`` file, whole.
-
-        For small records and tests; the WebDAV layer streams
-        ``record_body()`` instead, which never holds a big manifest's text.
-        """
-        body = self.record_body()
-        return body.data if body.data is not None else b"".join(body)
-
     def record_body(self) -> "RecordBody":
         """The virtual ``.arvados#collection`` file: length and ETag known,
         content rendered in chunks as it is read (see ``RecordBody``).
@@ -478,12 +469,6 @@ class CollectionTree:
         if type(node) is DirNode:
             raise IsADirectory(path)
         return node
-
-    def open_read(self, path: str) -> FileReader | Any:
-        parts = [p for p in path.split("/") if p]
-        if self._is_virtual(parts):
-            return self.record_body().reader()
-        return FileReader(self.snapshot(path), self.store)
 
     def new_writer(self) -> FileWriter:
         if self.readonly:
@@ -766,26 +751,18 @@ class CollectionTree:
         # Writer lock first (it is the outer lock): the limits are checked
         # against totals that no other writer can move until we are done.
         change.acquire(self)
-        with src_tree._lock:
-            entry = src_tree._walk(sp) if sp else src_tree.root
+        src_tree.resolve(src)  # a missing source is reported first
         with self._lock:
             _, dch, dname, dres = self._parent(dp)
             dslen = sname_len(dres)
             existing = dch.get(dname)
             gone = (0, 0, 0) if existing is None else self._measure(existing, dname, dslen)
-        with src_tree._lock:
-            if type(entry) is DirNode and not recursive:
-                added: tuple[int, int, int] = (1, dslen + 45, 0)
-            else:
-                # Measured before anything is copied: a refused copy of a
-                # huge subtree costs a walk, not a materialized copy.
-                added = src_tree._measure(entry, dname, dslen)
+
+        def check(added: tuple[int, int, int]) -> None:
             self._check_depth(len(dres) + added[2])
             self._check_growth((added[0] - gone[0], added[1] - gone[1]))
-            if type(entry) is DirNode:
-                content: Any = src_tree._materialize(entry) if recursive else Dir()
-            else:
-                content = entry
+
+        added, content = src_tree.export("/".join(sp), dname, dslen, recursive=recursive, check=check)
         with self._lock:
             dparent, dch, dname, dres = self._parent(dp)
             existing = dch.get(dname)
@@ -801,6 +778,32 @@ class CollectionTree:
             self.depth_bound = max(self.depth_bound, len(dres) + added[2])
         change.record_op(Op("import", self, "/".join(dres), content))
         return existing is None
+
+    def export(
+        self, path: str, name: str, sname_len: int, *, recursive: bool,
+        check: Callable[[tuple[int, int, int]], None],
+    ) -> tuple[tuple[int, int, int], Any]:
+        """The entry at ``path``, for another tree's ``import_entry``.
+
+        Returns its measure placed under ``name`` with a stream name
+        ``sname_len`` long (see ``_measure``) and its content: a
+        ``manifest.Dir`` (empty unless ``recursive``) or the segment tuple.
+        ``check`` may refuse the measure (by raising) before anything is
+        copied: a refused copy of a huge subtree costs a walk, not a
+        materialized copy.  Takes ``_lock``; ``check`` runs under it.
+        """
+        with self._lock:
+            entry = self._walk(split_path(path))
+            if type(entry) is DirNode and not recursive:
+                added: tuple[int, int, int] = (1, sname_len + 45, 0)
+            else:
+                added = self._measure(entry, name, sname_len)
+            check(added)
+            if type(entry) is DirNode:
+                content: Any = self._materialize(entry) if recursive else Dir()
+            else:
+                content = entry
+        return added, content
 
     def _materialize(self, node: DirNode) -> Dir:
         """A fully loaded ``manifest.Dir`` copy of a subtree (caller holds
@@ -832,34 +835,12 @@ class CollectionTree:
                     ch[k] = v  # type: ignore[index]
         return top
 
-    def truncate(self, change: "ChangeSet", path: str, size: int) -> None:
-        """Shrink or grow (with zero bytes) a file.
-
-        The writer lock is taken *before* the current content is read: this
-        is a read-modify-write, and reading first would let a concurrent
-        change slip in between and be overwritten with stale content.
-        """
-        if size < 0:
-            raise ValueError("negative size")
-        parts = split_path(path)
-        self._check_writable(parts)
-        change.acquire(self)
-        with self._lock:
-            segs = self._walk(parts)
-        if type(segs) is DirNode:
-            raise IsADirectory(path)
-        cur = size_of(segs)
-        if size <= cur:
-            new = merge(slice_segments(segs, 0, size))
-        else:
-            new = merge(list(segs) + zero_segments(size - cur))
-        self.put_file(change, path, new)
-
     def write_at(self, change: "ChangeSet", path: str, offset: int, data: bytes) -> None:
         """Random-access write; creates the file if missing, zero-fills gaps.
 
-        Like ``truncate``, takes the writer lock before reading the old
-        content.  The new bytes stay buffered (outside the byte budget: they
+        The writer lock is taken *before* the old content is read: this is
+        a read-modify-write, and reading first would let a concurrent change
+        slip in between and be overwritten with stale content.  The new bytes stay buffered (outside the byte budget: they
         are already in memory, and waiting for budget while holding the
         writer lock could stall every writer of the collection) until
         ``ChangeSet.flush`` packs them; data over 64 MiB is cut into several
