@@ -1092,3 +1092,22 @@ def test_plain_marshal_does_not_keep_directories_loaded(store):
     tree.listdir("d3")
     tree.marshal()
     assert loaded_dirs(tree) == {"", "d3"}
+
+
+def test_debug_lock_checks_refuse_changes_without_the_writer_lock(basic):
+    # The test suite runs with DAVCOLL_DEBUG_LOCKS=1 (conftest.py): a change
+    # set that records an operation or an undo entry for a tree whose writer
+    # lock it does not hold, or an undo while nobody holds it, is a bug.
+    from davcoll.collection import Op
+    from davcoll.collection.locking import DEBUG, LockOrderError
+
+    tree, _ = basic
+    assert DEBUG
+    ch = ChangeSet()
+    with pytest.raises(LockOrderError):
+        ch.record_op(Op("delete", tree, "top.txt", None))
+    with pytest.raises(LockOrderError):
+        tree.undo([])
+    ch.acquire(tree)
+    ch.record_op(Op("delete", tree, "top.txt", None))  # fine once held
+    ch.release()

@@ -1,10 +1,11 @@
 """The collection filesystem: an in-memory tree over a manifest.
 
 It knows nothing of HTTP or WsgiDAV and talks to blocks only through the
-``BlockStore`` interface.  ``tree.py`` describes the model; ``locking.py``
-is the lock-order document for the whole process (every lock, the order in
-which they nest, and a debug-mode check that callers hold what a function
-requires).
+``BlockStore`` interface.  ``tree.py`` describes the model and names the
+module of each concern (nodes, changes, commits, record, buffers);
+``locking.py`` is the lock-order document for the whole process (every
+lock, the order in which they nest, and a debug-mode check that callers
+hold what a function requires).
 """
 
 from .buffers import BufferBlock, ByteBudget, Flusher

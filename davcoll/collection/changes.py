@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 from ..manifest import Dir, Manifest
 from .buffers import BufferBlock, pack_and_store
 from .errors import BusyError
+from .locking import DEBUG, requires
 from .segments import Segments, resolve_all
 
 if TYPE_CHECKING:
@@ -132,10 +133,15 @@ class ChangeSet:
     def record_undo(self, entry: Undo) -> None:
         """Log how to undo one node change (``CollectionTree._set``; the
         change holds ``entry.tree``'s writer lock)."""
+        if DEBUG:
+            requires(self.holds(entry.tree), "the tree's writer lock (held by this change)")
         self._undo.append(entry)
 
     def record_op(self, op: Op) -> None:
-        """Log one operation for the catalog delta (after its mutation)."""
+        """Log one operation for the catalog delta (after its mutation; this
+        change holds ``op.tree``'s writer lock)."""
+        if DEBUG:
+            requires(self.holds(op.tree), "the tree's writer lock (held by this change)")
         self._ops.append(op)
 
     def ops_for(self, tree: CollectionTree) -> list[Op]:

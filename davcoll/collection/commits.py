@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from .buffers import pack_and_store
 from .changes import compile_group, pending_buffers
 from .errors import BusyError
+from .locking import DEBUG, requires
 
 if TYPE_CHECKING:
     from .changes import ChangeSet
@@ -66,6 +67,8 @@ class CommitQueue:
         here, after queueing, so the next writer can go ahead.  Raises the
         failure of the group that contained ``change``.
         """
+        if DEBUG:
+            requires(change.holds(self.tree), "the tree's writer lock (held by the change)")
         pending = _Pending(change)
         with self._cond:
             self._queue.append(pending)

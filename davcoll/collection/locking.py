@@ -18,15 +18,19 @@ Collection level (davcoll/session.py, davcoll/collection/)
      of that collection (I/O: the point is that concurrent first requests
      wait for one load instead of each loading).  Never held while taking a
      tree's ``writer``.
-  3. ``CollectionTree.writer`` -- one per opened collection; owned by a
-     ``ChangeSet`` (not a thread) from the change's first mutation until it
-     is queued for commit, committed directly or rolled back.  Two trees are
-     taken in UUID order (``ChangeSet.lock_trees``).  I/O under it: only the
-     direct commit of a change to several collections, after their commit
-     queues were drained.
-  4. ``CollectionTree._lock`` (RLock) -- the node structure, ``version`` and
-     ``record``.  Short sections, no I/O; several trees in UUID order
-     (``ChangeSet.rollback``).
+  3. ``CollectionTree.writer`` (collection/tree.py) -- one per opened
+     collection; owned by a ``ChangeSet`` (collection/changes.py; not a
+     thread) from the change's first mutation until it is queued for commit,
+     committed directly or rolled back (``ChangeSet.holds`` tells).  Two
+     trees are taken in UUID order (``ChangeSet.lock_trees``).  I/O under
+     it: only the direct commit of a change to several collections, after
+     their commit queues were drained.
+  4. ``CollectionTree._lock`` (RLock) -- the node structure
+     (collection/nodes.py), ``version``, ``mtime`` and ``record``.  Short
+     sections, no I/O, never two trees' at once: ``ChangeSet.rollback``
+     undoes tree by tree (``CollectionTree.undo``), and a cross-collection
+     copy reads the source under the source's lock (``export``), then
+     changes the destination under its own.
   5. ``CommitQueue._cond`` (collection/commits.py) -- the queue, its leader
      flag and each pending entry's outcome.  Taken while holding ``writer``
      to enqueue; the leader holds *no* tree lock while it stores blocks and
@@ -57,8 +61,15 @@ Databases
      WAL snapshots and never wait for it.
 
 Debug check: with ``DAVCOLL_DEBUG_LOCKS=1`` in the environment (the test
-suite sets it) ``caller_holds`` raises when a function that requires a
-lock is called without it.
+suite sets it) ``caller_holds`` (and ``requires``, for ownership only the
+caller can state) raises ``LockOrderError`` when a function that requires a
+lock is called without it.  Checked today: ``CollectionTree._lock`` by
+``_load``, ``_walk``, ``_parent``, ``_set``, ``_measure``, ``_copy_entry``,
+``_materialize`` and ``_marshal_iter``; the writer lock by ``_set``,
+``_check_growth``, ``undo``, ``unlock_writer``, ``ChangeSet.record_op`` /
+``record_undo`` and ``CommitQueue.submit``; ``SessionManager._open_locks``
+by the session's tree loading.  Outside debug mode a check costs one global
+lookup (``if DEBUG: ...``).
 """
 
 from __future__ import annotations
@@ -69,7 +80,7 @@ from typing import Any
 
 DEBUG = os.environ.get("DAVCOLL_DEBUG_LOCKS") == "1"
 
-__all__ = ["DEBUG", "LockOrderError", "caller_holds"]
+__all__ = ["DEBUG", "LockOrderError", "caller_holds", "requires"]
 
 
 class LockOrderError(AssertionError):
@@ -84,6 +95,17 @@ def _held(lock: Any) -> bool:
 
 
 def caller_holds(lock: Any, what: str) -> None:
-    """Assert (in debug mode) that ``lock`` is held; ``what`` names it."""
+    """Assert (in debug mode) that ``lock`` is held; ``what`` names it.
+
+    On hot paths call it as ``if DEBUG: caller_holds(...)``, so that outside
+    debug mode the check costs one global lookup.
+    """
     if DEBUG and not _held(lock):
+        raise LockOrderError(f"caller must hold {what} (thread {threading.current_thread().name})")
+
+
+def requires(ok: bool, what: str) -> None:
+    """Like ``caller_holds`` for a precondition only the caller can state,
+    e.g. "this change set owns the tree's writer lock" (``ChangeSet.holds``)."""
+    if DEBUG and not ok:
         raise LockOrderError(f"caller must hold {what} (thread {threading.current_thread().name})")

@@ -1,48 +1,34 @@
 """The in-memory collection tree: every WebDAV method becomes an operation here.
 
-Model
------
-A directory is a ``DirNode``; a file is an immutable tuple of segments (see
-``segments.py``).  Directories load lazily from the manifest's stream index:
-a ``DirNode`` whose ``children`` is None has not been parsed yet, and only
-directories that are touched ever are.
+This module holds ``CollectionTree``: lazy loading of directories from the
+stored manifest, reads (stat, listdir, snapshot, the record file), mutations
+with their limit checks, and marshal.  Its neighbours:
 
-Changes
--------
-Mutations happen inside a ``ChangeSet`` (one per request).  The first
-mutation takes the collection's writer lock; the change set records an undo
-entry for every mutation and an *operation* (put, mkdir, delete, copy, move,
-import) that compiles to the catalog's ``replace_files`` delta.  The session
-either commits the delta directly (``committed()``, or ``rollback()``
-restores the tree exactly), or -- the usual path -- queues the change on
-the tree's ``CommitQueue`` (``commits.py``), which releases the writer lock
-and commits concurrent requests together.  The writer lock gives all writers
-of one collection a single order; the commit queue keeps it, so the local
-tree and the catalog apply changes in the same order.
+* ``nodes.py`` -- the node model (``DirNode``, file segment tuples, ``Stat``);
+* ``changes.py`` -- ``ChangeSet`` (one per request): the writer locks it
+  owns, the typed ``Op``/``Undo`` records every mutation here hands it, and
+  their compilation to catalog ``replace_files`` updates;
+* ``commits.py`` -- the group-commit queue of a tree;
+* ``record.py`` -- the streamed ``.arvados#collection`` file;
+* ``buffers.py`` -- buffered bytes and their packing into blocks at commit;
+* ``locking.py`` -- the lock order of the whole process.
 
-Lock order (outer to inner).  No block I/O happens under any of them, except
-the commit under ``writer``:
-  1. ``CollectionTree.writer`` -- one per opened collection; held by a
-     ChangeSet from its first mutation until it is queued for commit
-     (``detach``), committed directly, or rolled back.  Only a direct commit
-     (requests touching two collections) does I/O under it.  It is a plain ``Lock``, not an ``RLock``: ownership belongs
-     to the ChangeSet, not to a thread, so two change sets in one thread
-     still exclude each other and a change set may be released from another
-     thread.  A request that changes two collections takes both writer locks
-     in UUID order (``ChangeSet.lock_trees``) before its first mutation.
-  2. ``CollectionTree._lock`` -- guards the node structure (children dicts,
-     caches, ``version``/``record``).  Short critical sections only; never
-     held while waiting for a writer lock.  ``ChangeSet.rollback`` takes the
-     ``_lock`` of several trees, in the same UUID order.
-  3. ``CommitQueue._cond`` (commits.py), taken while holding ``writer``
-     to queue a change; the committing leader holds no tree lock.
-  4. ``ByteBudget._cond`` (buffers.py).
-Readers take only ``_lock``, briefly, to resolve a path and snapshot a
-segment tuple; streaming then happens without any lock.  The one reader
-that may wait for ``writer`` is ``record_body`` (while another request's
-change holds unstored bytes); it releases ``_lock`` before waiting.
-``FileWriter`` streams and waits for ``ByteBudget`` room holding no tree
-lock at all.
+A commit's result reaches the tree in one place, ``apply_commit``; a
+rollback in one place, ``undo``.
+
+Locks (see ``locking.py``): ``writer`` (owned by a ChangeSet from its first
+mutation of this tree until it is queued, committed or rolled back) before
+``_lock`` (the node structure, ``version``, ``mtime``, ``record``; short
+sections, no I/O, never two trees' at once).  ``writer`` is a plain
+``Lock``, not an ``RLock``: ownership belongs to the ChangeSet, not to a
+thread, so two change sets in one thread still exclude each other and a
+change set may be released from another thread.  Readers take only
+``_lock``, briefly, to resolve a path and snapshot a segment tuple;
+streaming then happens without any lock.  The one reader that may wait for
+``writer`` is ``record_body`` (while another request's change holds unstored
+bytes); it releases ``_lock`` before waiting.  ``FileWriter`` streams and
+waits for ``ByteBudget`` room holding no tree lock at all.  Functions that
+require a lock say so and check it in debug mode (``locking.caller_holds``).
 """
 
 from __future__ import annotations
@@ -81,6 +67,7 @@ from .errors import (
     TooDeep,
 )
 from .commits import CommitQueue
+from .locking import DEBUG, caller_holds, requires
 from .limits import UNSTORED_LOCATOR_LEN, TreeLimits, file_cost, text_entries
 from .names import check_name, check_new_name, find_spelling, spelling_for_new, split_path
 from .io import FileReader, FileWriter
@@ -174,6 +161,8 @@ class CollectionTree:
 
     def unlock_writer(self) -> None:
         """Give ``writer`` back (the change set holding it is done with it)."""
+        if DEBUG:
+            requires(self.writer.locked(), "the tree's writer lock")
         self._writer_thread = None
         self.writer.release()
 
@@ -207,6 +196,8 @@ class CollectionTree:
     def undo(self, entries: list[Undo]) -> None:
         """Undo node changes of this tree (``ChangeSet.rollback``), newest
         (last) first.  The caller's change holds ``writer``; takes ``_lock``."""
+        if DEBUG:
+            requires(self.writer.locked(), "the tree's writer lock (held by the change undone)")
         with self._lock:
             for u in reversed(entries):
                 self._gen += 1
@@ -230,7 +221,15 @@ class CollectionTree:
     # ------------------------------------------------------------------ loading
 
     def _load(self, node: DirNode) -> dict[str, Any]:
-        """Children of ``node``, parsing its stream lines on first use."""
+        """Children of ``node``, parsing its stream lines on first use.
+        Caller holds ``_lock`` (the node may be shared)."""
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
+        return self._parse(node)
+
+    def _parse(self, node: DirNode) -> dict[str, Any]:
+        """``_load`` without the lock check: for shared nodes under
+        ``_lock``, or for a private throwaway node (``_marshal_iter``)."""
         ch = node.children
         if ch is not None:
             return ch
@@ -289,6 +288,8 @@ class CollectionTree:
         its canonically equivalent one (``names.find_spelling``); the
         spellings actually found are appended to ``resolved``.
         """
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
         node: Any = self.root
         for i, part in enumerate(parts):
             if type(node) is not DirNode:
@@ -308,7 +309,9 @@ class CollectionTree:
     def _parent(self, parts: list[str]) -> tuple[DirNode, dict[str, Any], str, list[str]]:
         """Parent directory node, its children, the spelling of the last
         name to act on (an existing entry's, else NFC) and the whole
-        resolved path."""
+        resolved path.  Caller holds ``_lock``."""
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
         if not parts:
             raise InvalidName("the collection root has no parent")
         resolved: list[str] = []
@@ -410,6 +413,7 @@ class CollectionTree:
             return self._stat_entry(node, parts[-1] if parts else "", self._mtime_of(parts))
 
     def _mtime_of(self, parts: list[str]) -> float:
+        """When the entry at ``parts`` changed.  Caller holds ``_lock``."""
         if not parts:
             return self.mtime
         try:
@@ -488,8 +492,12 @@ class CollectionTree:
         """Set or delete (value None) one entry, recording undo information.
 
         ``delta`` is what the change adds to the running entry count and
-        manifest size (see ``limits.py``); the undo takes it back.
+        manifest size (see ``limits.py``); the undo takes it back.  Caller
+        holds ``_lock``, and ``change`` holds this tree's ``writer``.
         """
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
+            requires(change.holds(self), "the tree's writer lock (held by the change)")
         old = ch.get(name)
         old_mtime = parent.mtimes.get(name) if parent.mtimes else None
         change.record_undo(Undo(self, parent, name, old, old_mtime, parent.tail, delta))
@@ -575,8 +583,11 @@ class CollectionTree:
         """Refuse a change that grows the collection past a cap (limits.py).
 
         Only growth is refused: a change that shrinks (or keeps) the totals
-        is allowed even in a collection that is over a cap already.
+        is allowed even in a collection that is over a cap already.  The
+        caller's change holds ``writer`` (no other writer moves the totals).
         """
+        if DEBUG:
+            requires(self.writer.locked(), "the tree's writer lock")
         lim = self.limits
         entries, size = delta[0], delta[1]
         if entries > 0 and self.entries + entries > lim.max_entries:
@@ -599,6 +610,8 @@ class CollectionTree:
         iteratively; unloaded directories are measured from their stored
         lines without parsing them (see limits.py).  Caller holds _lock.
         """
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
         if type(entry) is not DirNode:
             return 1, file_cost(name, entry), 0
         index = self._index
@@ -651,7 +664,10 @@ class CollectionTree:
         """A structurally independent copy (segment tuples are shared).
 
         Iterative: the subtree may be deeper than Python's recursion limit.
+        Caller holds ``_lock``.
         """
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
         if type(entry) is not DirNode:
             return entry
 
@@ -808,6 +824,8 @@ class CollectionTree:
     def _materialize(self, node: DirNode) -> Dir:
         """A fully loaded ``manifest.Dir`` copy of a subtree (caller holds
         _lock).  Iterative, like every walk here."""
+        if DEBUG:
+            caller_holds(self._lock, "CollectionTree._lock")
         top = Dir()
         stack: list[tuple[DirNode, Dir]] = [(node, top)]
         while stack:
@@ -900,6 +918,8 @@ class CollectionTree:
         from the immutable stream index).  Caller holds ``_lock``, except
         when rendering a ``_Deferred`` (which touches no shared node).
         """
+        if DEBUG and start is None:
+            caller_holds(self._lock, "CollectionTree._lock")
         # Items: (node, sname), node None meaning "unloaded directory src".
         stack: list[tuple[Any, str, str]] = (
             [(self.root, "", ".")] if start is None else [(None, start.src, start.sname)]
@@ -916,7 +936,7 @@ class CollectionTree:
                         continue
                     # Render from a throwaway load: marshal must not keep it resident.
                     node = DirNode(src=src)
-                    self._load(node)
+                    self._parse(node)
                 else:
                     kids = self._index.children.get(src)
                     if line:
@@ -982,7 +1002,8 @@ class CollectionTree:
         yield from items
 
     def _materialize_items(self, node: DirNode, prefix: str) -> Iterator[tuple[str, Segments]]:
-        """Files of a subtree in sorted depth-first order (iterative)."""
+        """Files of a subtree in sorted depth-first order (iterative).
+        Caller holds ``_lock`` while consuming it."""
         stack: list[tuple[str, Iterator[str], DirNode]] = [(prefix, iter(sorted(self._load(node))), node)]
         while stack:
             pre, it, d = stack[-1]
