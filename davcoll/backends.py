@@ -42,6 +42,9 @@ class LocalBackend(Backend):
         self.tokens = LocalTokenStore(db)
         self.props = LocalPropertyStore(db)
         self.blocks = LocalBlockStore(self.data_dir)
+        # Small blocks become durable in the catalog commit that references
+        # them: one sync point per small write (storage/local_small_blocks).
+        self.catalog_.attach_small_blocks(self.blocks.small)
         self.cache = BlockCache(self.blocks, block_cache_bytes)
         self._count_lock = threading.Lock()
         self._count: tuple[float, int] | None = None
@@ -75,6 +78,7 @@ class LocalBackend(Backend):
         return self.cache.stats()
 
     def close(self) -> None:
+        self.blocks.close()
         self.catalog_.close()
         self.tokens.close()
         self.props.close()

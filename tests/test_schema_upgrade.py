@@ -176,6 +176,6 @@ def test_a_new_database_has_exactly_the_current_tables(tmp_path):
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
     assert names == {
         "collections", "collections_live_name", "versions", "versions_pdh", "entries", "entries_current",
-        "dir_lines", "tokens", "dead_props", "dead_props_parent",
+        "dir_lines", "tokens", "dead_props", "dead_props_parent", "small_blocks",
     }
     assert user_version(db) == len(MIGRATIONS)

@@ -62,6 +62,7 @@ import hashlib
 import os
 import queue
 import secrets
+import sqlite3
 import threading
 from pathlib import Path
 from typing import IO, Callable, Iterator
@@ -69,6 +70,8 @@ from typing import IO, Callable, Iterator
 import xxhash
 
 from ..manifest import is_locator, locator_size
+from .local_catalog.schema import db_path_for
+from .local_small_blocks import SMALL_BLOCK_LIMIT, SmallBlocks
 from .blocks import (
     EMPTY_BLOCK,
     MAX_BLOCK_SIZE,
@@ -120,16 +123,24 @@ class LocalBlockStore(BlockStore):
     would report as corrupt).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True,
+                 small_block_limit: int = SMALL_BLOCK_LIMIT) -> None:
         self.root = Path(root)
         self.blocks_dir = self.root / "blocks"
         self.fsync = fsync
+        #: Blocks below ``small_block_limit`` live in the catalog database,
+        #: written by the commit that references them, once a catalog is
+        #: attached (see local_small_blocks); files otherwise.
+        self.small = SmallBlocks(db_path_for(self.root), threshold=small_block_limit)
         #: False once the file system refused a user xattr: reads then md5-verify.
         self.xattrs = hasattr(os, "setxattr")
         try:
             self.blocks_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise _unavailable("cannot create the blocks directory", err) from err
+
+    def close(self) -> None:
+        self.small.close()
 
     # -- paths -------------------------------------------------------------
 
@@ -162,6 +173,11 @@ class LocalBlockStore(BlockStore):
         checksum.update(view)
         if self._reuse_existing(path, view, checksum.digest()):
             return key
+        if self.small.accepts(view.nbytes):
+            # Durable with the catalog commit that references it (one sync
+            # point instead of file fsync + directory fsync + commit).
+            self.small.stage(key, bytes(view), checksum.digest())
+            return key
         self._write_new(path, view, checksum.digest())
         return key
 
@@ -174,6 +190,9 @@ class LocalBlockStore(BlockStore):
         key = bare_locator(locator)
         if key == EMPTY_BLOCK:
             return b""
+        small = self._small_get(key)
+        if small is not None:
+            return small
         with self._open(key) as f:
             try:
                 data = f.readall()
@@ -208,6 +227,9 @@ class LocalBlockStore(BlockStore):
         key = bare_locator(locator)
         if key == EMPTY_BLOCK:
             return iter(())
+        small = self._small_get(key)
+        if small is not None:
+            return iter([small])
         f = self._open(key)
         return _VerifiedStream(f, key, chunk_size, self, self._recorded_sum(f.fileno()))
 
@@ -219,7 +241,7 @@ class LocalBlockStore(BlockStore):
         try:
             st = self.path_for(key).stat()
         except FileNotFoundError:
-            return False
+            return self._small_exists(key)
         except BlockNotFound:
             return False
         except OSError as err:
@@ -240,6 +262,10 @@ class LocalBlockStore(BlockStore):
             raise _unavailable("cannot list blocks", err) from err
         for sub in subdirs:
             yield from self._iter_subdir(sub)
+        try:
+            yield from self.small.iter_blocks()
+        except sqlite3.Error as err:
+            raise _unavailable("cannot list small blocks", err) from err
 
     def delete(self, locator: str, *, unless_newer_than: float | None = None) -> bool:
         """Remove a block; ``False`` if it was not there (or was kept).
@@ -254,6 +280,11 @@ class LocalBlockStore(BlockStore):
         """
         key = bare_locator(locator)
         path = self.path_for(key)
+        try:
+            if self.small.delete(key, unless_newer_than=unless_newer_than):
+                return True
+        except sqlite3.Error as err:
+            raise _unavailable(f"cannot delete block {key}", err) from err
         if unless_newer_than is None:
             return self._unlink(path, key)
         trash = path.with_name(f".trash-{key}-{secrets.token_hex(4)}")
@@ -326,6 +357,32 @@ class LocalBlockStore(BlockStore):
             pass
 
     # -- internals -----------------------------------------------------------
+
+    def _small_get(self, key: str) -> bytes | None:
+        """A small block from the database (or staged), checked against its
+        xxh3 digest; None if it is not there (then it is a file)."""
+        if not is_locator(key) or locator_size(key) >= self.small.threshold:
+            return None  # (a malformed key is refused by path_for next)
+        try:
+            hit = self.small.get(key)
+        except sqlite3.Error as err:
+            raise _unavailable(f"cannot read block {key}", err) from err
+        if hit is None:
+            return None
+        data, recorded = hit
+        if len(data) != locator_size(key):
+            raise BlockCorrupt(f"block {key} has {len(data)} bytes stored")
+        checksum = _xxh3()
+        checksum.update(data)
+        if checksum.digest() != recorded:
+            raise BlockCorrupt(f"block {key} fails its checksum")
+        return data
+
+    def _small_exists(self, key: str) -> bool:
+        try:
+            return self.small.exists(key)
+        except sqlite3.Error as err:
+            raise _unavailable(f"cannot look up block {key}", err) from err
 
     def _open(self, key: str) -> IO[bytes]:
         """Open a block file unbuffered and check its size before any read."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ...manifest import Manifest, is_portable_data_hash, portable_data_hash
 from ..catalog import (
@@ -42,6 +43,9 @@ from .records import (
 from .rows import entry_chars, row_key
 from .schema import open_catalog_db
 from .writer import VersionWriter, apply_replace_files
+
+if TYPE_CHECKING:
+    from ..local_small_blocks import SmallBlocks
 
 _CACHE_WAIT_MS = 200  # how long a read that only wants to cache lines or a PDH waits for the write lock
 
@@ -93,6 +97,25 @@ class LocalCatalog(Catalog):
         self.cheap_pdh_chars = cheap_pdh_chars
         self._db = open_catalog_db(self.path, synchronous=synchronous, unavailable=Unavailable)
         self._pdh_indexer = PdhIndexer(self.index_pdhs, min_interval=pdh_pass_interval)
+        self._small_blocks: SmallBlocks | None = None
+
+    def attach_small_blocks(self, small: SmallBlocks) -> None:
+        """Write the block store's staged small blocks in every transaction
+        that stores a manifest (see local_small_blocks): from now on the
+        block store stages them instead of writing files."""
+        self._small_blocks = small
+        small.attach()
+
+    @contextlib.contextmanager
+    def _manifest_write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that also makes the staged small blocks
+        durable: a manifest written in it may reference any of them."""
+        small = self._small_blocks
+        with self._db.write() as conn:
+            staged = small.write_staged(conn) if small is not None else []
+            yield conn
+        if small is not None:
+            small.committed(staged)
 
     def close(self) -> None:
         self._pdh_indexer.close()
@@ -295,7 +318,7 @@ class LocalCatalog(Catalog):
         uuid = new_uuid(self.cluster_id)
         # One write transaction: the collection, its first version, its
         # entries and its (fully rendered) line cache appear together.
-        with self._write() as conn:
+        with self._manifest_write() as conn:
             try:
                 cur = conn.execute(
                     f"INSERT INTO collections ({COLLECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?, 0)",
@@ -347,7 +370,7 @@ class LocalCatalog(Catalog):
         # Everything that needs no stored state is checked before the write
         # lock is taken, so a bad request never holds up other writers.
         prepared = [self._prepare_update(u) for u in updates]
-        with self._write() as conn:
+        with self._manifest_write() as conn:
             # The IMMEDIATE transaction holds SQLite's write lock from here to
             # COMMIT: the stored versions read now are the ones we build on,
             # and every row change below commits (or rolls back) as one.

@@ -3,7 +3,8 @@ of migrations.
 
 ``catalog.sqlite3`` holds the catalog's tables (``collections``,
 ``versions``, ``entries``, ``dir_lines``: see the package docstring), the
-token store's (``tokens``) and the dead-property store's (``dead_props``).
+token store's (``tokens``), the dead-property store's (``dead_props``) and
+the block store's small blocks (``small_blocks``).
 Whichever of the three stores opens the file first brings every table up
 to date (``open_catalog_db``): ``PRAGMA user_version`` is the number of
 migrations applied, and the missing ones run in order, in one IMMEDIATE
@@ -213,9 +214,24 @@ def _v4_dead_props(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS dead_props_parent ON dead_props(parent)")
 
 
+def _v5_small_blocks(conn: sqlite3.Connection) -> None:
+    """Blocks under 1 MiB, written in the same transaction as the manifest
+    update that references them (local_small_blocks): one sync point per
+    durable small write instead of three."""
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS small_blocks (
+            locator TEXT PRIMARY KEY,
+            data BLOB NOT NULL,
+            xxh3 BLOB NOT NULL,
+            mtime REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: directory lines", _v1_directory_lines),
     Migration(2, "catalog: entry rows and line cache", _v2_entry_rows),
     Migration(3, "tokens", _v3_tokens),
     Migration(4, "dead_props with parent", _v4_dead_props),
+    Migration(5, "small blocks", _v5_small_blocks),
 )
