@@ -14,7 +14,6 @@ import re
 import tomllib
 import types
 from dataclasses import Field, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
@@ -58,6 +57,12 @@ def _listen_problem(value: str) -> str | None:
         return "must be HOST:PORT"
     if int(port) > 65535:
         return f"port {port} is out of range (1-65535; 0 = any free port)"
+    return None
+
+
+def _shared_state_problem(value: str) -> str | None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        return "must be a redis://, rediss:// or unix:// URL (or empty)"
     return None
 
 
@@ -130,10 +135,10 @@ class Config:
     log_level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")})
     # Locks and dead properties shared by every instance ("redis://host:port/db");
     # empty: locks in the data directory, Arvados dead properties per instance.
-    shared_state: str = field(default="", repr=False)
-    max_lock_timeout: float = 3600.0  # seconds; "Timeout: Infinite" gets this
-    max_lock_owner_bytes: int = 4096
-    max_locks_per_principal: int = 1000
+    shared_state: str = field(default="", repr=False, metadata={"check": _shared_state_problem})
+    max_lock_timeout: float = field(default=3600.0, metadata={"unit": "seconds", "gt": 0})  # "Timeout: Infinite" gets this
+    max_lock_owner_bytes: int = field(default=4096, metadata={"unit": "bytes", "min": 0})
+    max_locks_per_principal: int = field(default=1000, metadata={"min": 1})
 
     @property
     def host(self) -> str:

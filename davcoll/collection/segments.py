@@ -15,7 +15,6 @@ from bisect import bisect_right
 from typing import Iterable
 
 from ..manifest import coalesce
-from .buffers import BufferBlock
 
 Segments = tuple
 

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..manifest import (
     MAX_BLOCK_SIZE,
     Dir,
-    Manifest,
     ManifestError,
     StreamIndex,
     escape_name,
@@ -69,8 +68,8 @@ from .errors import (
 from .commits import CommitQueue
 from .locking import DEBUG, caller_holds, requires
 from .limits import UNSTORED_LOCATOR_LEN, TreeLimits, file_cost, text_entries
-from .names import check_name, check_new_name, find_spelling, spelling_for_new, split_path
-from .io import FileReader, FileWriter
+from .names import check_new_name, find_spelling, spelling_for_new, split_path
+from .io import FileWriter
 from .nodes import FROM_INDEX, DirNode, Stat, sname_len
 from .record import RECORD_KEYS, RecordBody, measure_record, record_frame
 from .segments import NotStored, Segments, etag_of, is_stored, merge, resolve_all, size_of, slice_segments

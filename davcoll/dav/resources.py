@@ -19,7 +19,6 @@ from urllib.parse import quote
 from wsgidav import util
 from wsgidav.dav_error import (
     HTTP_BAD_REQUEST,
-    HTTP_CONFLICT,
     HTTP_FORBIDDEN,
     HTTP_INTERNAL_ERROR,
     HTTP_METHOD_NOT_ALLOWED,
