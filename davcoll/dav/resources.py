@@ -28,7 +28,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection
 
-from ..collection import ChangeSet, FsError, Stat
+from ..collection import FsError, Stat
 from ..collection.names import display_safe
 from ..collection.segments import etag_of, size_of
 from ..collection.io import FileReader
@@ -72,10 +72,6 @@ def href_of(res) -> str:
     prov = res.provider
     return quote(prov.mount_path + prov.share_path + res.get_preferred_path(), safe=_HREF_SAFE)
 
-def change_of(environ: dict) -> ChangeSet:
-    """The request's change set (created on first use)."""
-    return context_of(environ).change
-
 def top_level_refusal() -> ReasonedError:
     """Why a plain file cannot be created at ``/`` (PUT, LOCK, COPY, MOVE),
     as an RFC 4918 error body Finder/Explorer users can be shown."""
@@ -84,9 +80,6 @@ def top_level_refusal() -> ReasonedError:
         "only collections (folders) live at the top level: create a folder here and put files in it, "
         "or mount a single collection's URL (e.g. https://host:8080/<collection>/) to use its files directly",
     )
-
-def join(a: str, b: str) -> str:
-    return f"{a}/{b}" if a else b
 
 class _Mixin:
     """Helpers shared by collection-backed resources."""
@@ -498,7 +491,7 @@ class DirResource(_Mixin, DAVCollection):
         if self.environ.get("REQUEST_METHOD") == "LOCK":
             # A lock-null resource becomes a real, empty file (RFC 4918 7.3).
             try:
-                tree.put_file(change_of(self.environ), child.inner, ())
+                self._ops().put(self.provider.place_of(child), ())
             except FsError as e:
                 raise self._fail(e) from e
             self._forget_resolution()
