@@ -24,11 +24,9 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlparse
 
 import pytest
-import requests
 
+from davclient import NO_CACHE as FRESH, DavClient
 from server_util import running_server
-
-FRESH = {"Cache-Control": "no-cache"}
 
 # Names that try to become a link scheme, break out of an attribute, open a
 # tag, or change what the URL means.  (A name cannot contain "/".)
@@ -76,16 +74,12 @@ ACTIVE_FILES = {
 PASSIVE_FILES = {"plain.txt": b"hello", "pic.png": b"\x89PNG\r\n\x1a\n", "doc.pdf": b"%PDF-1.4"}
 
 
-def put(srv, path: str, data: bytes) -> requests.Response:
-    return requests.put(srv.u(path), data=data, timeout=30)
-
-
-def put_name(srv, folder: str, name: str, data: bytes) -> int:
+def put_name(dav: DavClient, folder: str, name: str, data: bytes) -> int:
     """PUT ``folder/name``; a name with a backslash is sent raw if the
     request guard refuses its encoded form (%5C)."""
-    r = put(srv, f"{folder}/{enc(name)}", data)
+    r = dav.put(f"{folder}/{enc(name)}", data)
     if r.status_code == 400 and "\\" in name:
-        u = urlparse(srv.url)
+        u = urlparse(dav.base)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
         try:
             conn.request("PUT", f"/{folder}/" + quote(name, safe="\\"), body=data)
@@ -154,29 +148,16 @@ def resolve(base: str, href: str) -> str:
     return unquote(urlparse(urljoin(base, href)).path)
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("listing") / "data", anonymous="write") as s:
-        yield s
-
-
-@pytest.fixture
-def coll(srv):
-    name = "h-" + uuidlib.uuid4().hex[:10]
-    assert requests.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
-    return name
-
-
 # ------------------------------------------------------------------ listing
 
 
-def test_hostile_names_are_escaped_and_links_resolve(srv, coll):
+def test_hostile_names_are_escaped_and_links_resolve(dav, coll):
     for name in HOSTILE:
-        assert put_name(srv, coll, name, name.encode()) == 201, name
+        assert put_name(dav, coll, name, name.encode()) == 201, name
     for name in HOSTILE[:6]:  # the same names as folders
-        assert requests.request("MKCOL", srv.u(f"{coll}/{enc('d-' + name)}/"), timeout=10).status_code == 201, name
-    base = srv.u(f"{coll}/")
-    r = requests.get(base, headers=FRESH, timeout=30)
+        assert dav.mkcol(f"{coll}/{enc('d-' + name)}/").status_code == 201, name
+    base = dav.u(f"{coll}/")
+    r = dav.get(f"{coll}/", headers=FRESH)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
@@ -201,61 +182,61 @@ def test_hostile_names_are_escaped_and_links_resolve(srv, coll):
     assert by_path["/"][0] == "./../"  # the parent link
     # every link serves the file it names
     for name in HOSTILE:
-        r = requests.get(urljoin(base, by_path[prefix + name][0]), headers=FRESH, timeout=30)
+        r = dav.http.get(urljoin(base, by_path[prefix + name][0]), headers=FRESH, timeout=30)
         if "\\" in name and r.status_code == 400:
             continue  # the request guard may refuse an encoded backslash (%5C); the link is still exact
         assert r.status_code == 200 and r.content == name.encode(), (name, r.status_code)
 
 
-def test_page_is_davcolls(srv, coll):
-    put(srv, f"{coll}/a.txt", b"a")
-    r = requests.get(srv.u(f"{coll}/"), headers=FRESH, timeout=30)
+def test_page_is_davcolls(dav, coll):
+    dav.put(f"{coll}/a.txt", b"a")
+    r = dav.get(f"{coll}/", headers=FRESH)
     page = parse(r.text)
     assert page.title == f"Index of /{coll}/ — davcoll"
     assert "wsgidav" not in r.text.lower()
     assert not any(tag == "meta" and dict(attrs).get("name") == "generator" for tag, attrs in page.tags)
 
 
-def test_hostile_collection_names_at_the_top(srv):
+def test_hostile_collection_names_at_the_top(dav):
     names = ["javascript:alert(1)", "x'onmouseover='alert(1)'", "<b>bold</b>".replace("/", ""), "evil.example"]
     made = []
     for name in names:
         name = name + "-" + uuidlib.uuid4().hex[:6]
-        r = requests.request("MKCOL", srv.u(enc(name) + "/"), timeout=10)
+        r = dav.mkcol(enc(name) + "/")
         assert r.status_code == 201, (name, r.status_code, r.text)
         made.append(name)
-    r = requests.get(srv.url, headers=FRESH, timeout=30)
+    r = dav.get("", headers=FRESH)
     assert r.status_code == 200 and "Content-Security-Policy" in r.headers
     page = parse(r.text)
     assert_inert(page)
-    found = {resolve(srv.url, h): h for h, _ in page.links}
+    found = {resolve(dav.base, h): h for h, _ in page.links}
     for name in made:
         assert found[f"/{name}/"].startswith("./"), found
         # without the slash: a redirect to an encoded absolute path (never "//host")
-        r = requests.get(srv.u(enc(name)), allow_redirects=False, timeout=10)
+        r = dav.get(enc(name), allow_redirects=False)
         assert r.status_code == 301
         loc = r.headers["Location"]
         assert loc.startswith("/") and not loc.startswith("//") and unquote(loc) == f"/{name}/", loc
 
 
-def test_head_and_davmount(srv, coll):
-    put(srv, f"{coll}/{enc('<x>')}", b"x")
-    g = requests.get(srv.u(f"{coll}/"), headers=FRESH, timeout=30)
-    h = requests.head(srv.u(f"{coll}/"), headers=FRESH, timeout=30)
+def test_head_and_davmount(dav, coll):
+    dav.put(f"{coll}/{enc('<x>')}", b"x")
+    g = dav.get(f"{coll}/", headers=FRESH)
+    h = dav.head(f"{coll}/", headers=FRESH)
     assert h.status_code == 200 and h.headers["Content-Type"] == g.headers["Content-Type"]
     assert h.headers["Content-Length"] == g.headers["Content-Length"]
     assert "Content-Security-Policy" in h.headers
-    r = requests.get(srv.u(f"{coll}/?davmount"), timeout=30)
+    r = dav.get(f"{coll}/?davmount")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/davmount+xml"
     assert f"/{coll}/</dm:url>" in r.text
     # a body on GET of a folder is refused as before
-    r = requests.request("GET", srv.u(f"{coll}/"), data=b"x", timeout=10)
+    r = dav.get(f"{coll}/", data=b"x")
     assert r.status_code == 415
 
 
-def test_error_pages_send_csp(srv, coll):
-    for url in (srv.u(f"{coll}/{enc('<script>nope')}"), srv.u("no-such-collection/x")):
-        r = requests.get(url, timeout=10)
+def test_error_pages_send_csp(dav, coll):
+    for path in (f"{coll}/{enc('<script>nope')}", "no-such-collection/x"):
+        r = dav.get(path)
         assert r.status_code == 404
         assert "default-src 'none'" in r.headers.get("Content-Security-Policy", ""), r.headers
         assert r.headers["X-Content-Type-Options"] == "nosniff"
@@ -265,16 +246,17 @@ def test_error_pages_send_csp(srv, coll):
 def test_path_token_is_not_shown_and_links_keep_it(tmp_path):
     with running_server(tmp_path / "data", anonymous="none") as s:
         token = s.app.backend.tokens.create(read_only=False, label="rw")
-        auth = {"Authorization": f"Bearer {token}"}
-        assert requests.request("MKCOL", s.u("c/"), headers=auth, timeout=10).status_code == 201
-        assert requests.put(s.u("c/f.txt"), data=b"f", headers=auth, timeout=10).status_code == 201
-        base = s.u(f"t={token}/c/")
-        r = requests.get(base, timeout=30)
+        d = DavClient(s.url, token=token)
+        assert d.mkcol("c/").status_code == 201
+        assert d.put("c/f.txt", data=b"f").status_code == 201
+        anon = DavClient(s.url)  # the token is in the path only
+        base = anon.u(f"t={token}/c/")
+        r = anon.get(f"t={token}/c/")
         assert r.status_code == 200 and token not in r.text
         page = parse(r.text)
         assert "t=***" in page.title
         links = {resolve(base, h): h for h, _ in page.links}
-        r = requests.get(urljoin(base, links[f"/t={token}/c/f.txt"]), timeout=30)
+        r = anon.http.get(urljoin(base, links[f"/t={token}/c/f.txt"]), timeout=30)
         assert r.status_code == 200 and r.content == b"f"
 
 
@@ -303,34 +285,35 @@ def _disposition_name(value: str) -> str:
     return unquote(m.group(1))
 
 
-def test_active_types_are_attachments(srv, coll):
+def test_active_types_are_attachments(dav, coll):
     for name, data in {**ACTIVE_FILES, **PASSIVE_FILES}.items():
-        assert put(srv, f"{coll}/{enc(name)}", data).status_code == 201, name
+        assert dav.put(f"{coll}/{enc(name)}", data).status_code == 201, name
     for name in ACTIVE_FILES:
         for method in ("GET", "HEAD"):
-            r = requests.request(method, srv.u(f"{coll}/{enc(name)}"), headers=FRESH, timeout=30)
+            r = dav.req(method, f"{coll}/{enc(name)}", headers=FRESH)
             assert r.status_code == 200, (name, method)
             assert r.headers["X-Content-Type-Options"] == "nosniff", name
             assert _disposition_name(r.headers["Content-Disposition"]) == name, (name, method)
-        r = requests.get(srv.u(f"{coll}/{enc(name)}"), headers={"Range": "bytes=0-3"}, timeout=30)
+        r = dav.get(f"{coll}/{enc(name)}", headers={"Range": "bytes=0-3"})
         assert r.status_code == 206 and r.headers["Content-Disposition"].startswith("attachment;"), name
     for name in PASSIVE_FILES:
-        r = requests.get(srv.u(f"{coll}/{enc(name)}"), headers=FRESH, timeout=30)
+        r = dav.get(f"{coll}/{enc(name)}", headers=FRESH)
         assert r.status_code == 200 and r.headers["X-Content-Type-Options"] == "nosniff", name
         assert "Content-Disposition" not in r.headers, name
     # keep-web's ?disposition=attachment asks for it on any file
-    r = requests.get(srv.u(f"{coll}/plain.txt?disposition=attachment"), timeout=30)
+    r = dav.get(f"{coll}/plain.txt?disposition=attachment")
     assert _disposition_name(r.headers["Content-Disposition"]) == "plain.txt"
     # the html file's content type is unchanged (only the disposition differs)
-    r = requests.get(srv.u(f"{coll}/evil.html"), timeout=30)
+    r = dav.get(f"{coll}/evil.html")
     assert r.headers["Content-Type"].startswith("text/html") and r.content == ACTIVE_FILES["evil.html"]
 
 
 def test_operator_can_allow_inline(tmp_path):
     with running_server(tmp_path / "data", inline_active_content=True) as s:
-        assert requests.request("MKCOL", s.u("c/"), timeout=10).status_code == 201
-        assert put(s, "c/evil.html", ACTIVE_FILES["evil.html"]).status_code == 201
-        r = requests.get(s.u("c/evil.html"), timeout=30)
+        d = DavClient(s.url)
+        assert d.mkcol("c/").status_code == 201
+        assert d.put("c/evil.html", ACTIVE_FILES["evil.html"]).status_code == 201
+        r = d.get("c/evil.html")
         assert r.status_code == 200 and "Content-Disposition" not in r.headers
         assert r.headers["X-Content-Type-Options"] == "nosniff"
 
@@ -402,11 +385,12 @@ def _finished(downloads: Path) -> list[str]:
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")
 def test_no_script_runs_in_chromium(tmp_path):
     with running_server(tmp_path / "data") as s:
-        assert requests.request("MKCOL", s.u("c/"), timeout=10).status_code == 201
+        d = DavClient(s.url)
+        assert d.mkcol("c/").status_code == 201
         for name in BROWSER_NAMES:
-            assert put(s, f"c/{enc(name)}", b"x").status_code == 201, name
+            assert d.put(f"c/{enc(name)}", b"x").status_code == 201, name
         for name, data in ACTIVE_FILES.items():
-            assert put(s, f"c/{enc(name)}", data).status_code == 201, name
+            assert d.put(f"c/{enc(name)}", data).status_code == 201, name
         # the listing renders (its names are in the DOM as text) and runs nothing
         dom, downloaded = dump_dom(s.u("c/"), tmp_path / "b1")
         assert "Index of /c/" in dom and "onerror" in dom and not downloaded, dom[:2000]
@@ -417,7 +401,8 @@ def test_no_script_runs_in_chromium(tmp_path):
             assert MARK not in dom and downloaded, (name, dom)
     # control: with inline allowed the same file does run script, so the checks above can fail
     with running_server(tmp_path / "data2", inline_active_content=True) as inline:
-        assert requests.request("MKCOL", inline.u("c/"), timeout=10).status_code == 201
-        assert put(inline, "c/evil.html", ACTIVE_FILES["evil.html"]).status_code == 201
+        d2 = DavClient(inline.url)
+        assert d2.mkcol("c/").status_code == 201
+        assert d2.put("c/evil.html", ACTIVE_FILES["evil.html"]).status_code == 201
         dom, downloaded = dump_dom(inline.u("c/evil.html"), tmp_path / "b-inline")
         assert MARK in dom and not downloaded, dom
