@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import io
 import os
-import uuid as uuidlib
 from urllib.parse import quote
 
 import pytest
-import requests
 
-from server_util import running_server
+from davclient import DavClient
 
 webdav4_client = pytest.importorskip("webdav4.client")
 webdav4_fsspec = pytest.importorskip("webdav4.fsspec")
@@ -35,25 +33,12 @@ NAMES = ["plain.txt", "with space.txt", "semi;colon.txt", "50% off.txt", "été 
 LISTED_ONLY = ["hash#tag.txt", "q?mark.txt", "100%25.txt"]
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("py") / "data", anonymous="write") as s:
-        yield s
-
-
-@pytest.fixture
-def coll(srv):
-    name = "py-" + uuidlib.uuid4().hex[:10]
-    assert requests.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
-    return name
-
-
 def content(name: str) -> bytes:
     return f"content of {name}\n".encode() * 3
 
 
-def server_bytes(srv, path: str) -> bytes:
-    r = requests.get(srv.u(quote(path)), timeout=30)
+def server_bytes(dav: DavClient, path: str) -> bytes:
+    r = dav.get(quote(path))
     assert r.status_code == 200, (path, r.status_code)
     return r.content
 
@@ -61,13 +46,13 @@ def server_bytes(srv, path: str) -> bytes:
 # ------------------------------------------------------------------ webdav4 Client
 
 
-def test_webdav4_client_basic_operations(srv, coll):
+def test_webdav4_client_basic_operations(srv, dav, coll):
     c = webdav4_client.Client(srv.url)
     c.mkdir(f"{coll}/sub")
     for n in NAMES:
         c.upload_fileobj(io.BytesIO(content(n)), f"{coll}/sub/{n}")
     for n in LISTED_ONLY:
-        assert requests.put(srv.u(quote(f"{coll}/sub/{n}")), data=content(n), timeout=10).status_code == 201
+        assert dav.put(quote(f"{coll}/sub/{n}"), data=content(n)).status_code == 201
 
     listed = c.ls(f"{coll}/sub", detail=True)
     assert {e["name"] for e in listed} == {f"{coll}/sub/{n}" for n in NAMES + LISTED_ONLY}
@@ -89,9 +74,9 @@ def test_webdav4_client_basic_operations(srv, coll):
 
     src, dst, moved = f"{coll}/sub/{NAMES[4]}", f"{coll}/copy {NAMES[4]}", f"{coll}/sub/moved;{NAMES[3]}"
     c.copy(src, dst)
-    assert server_bytes(srv, dst) == content(NAMES[4])
+    assert server_bytes(dav, dst) == content(NAMES[4])
     c.move(dst, moved)
-    assert not c.exists(dst) and server_bytes(srv, moved) == content(NAMES[4])
+    assert not c.exists(dst) and server_bytes(dav, moved) == content(NAMES[4])
     c.remove(moved)
     assert not c.exists(moved)
     c.remove(f"{coll}/sub")
@@ -101,7 +86,7 @@ def test_webdav4_client_basic_operations(srv, coll):
 # ------------------------------------------------------------------ fsspec
 
 
-def test_fsspec_filesystem_operations(srv, coll, tmp_path):
+def test_fsspec_filesystem_operations(srv, dav, coll, tmp_path):
     fs = webdav4_fsspec.WebdavFileSystem(srv.url)
     local = tmp_path / "up"
     local.mkdir()
@@ -153,12 +138,12 @@ def test_fsspec_filesystem_operations(srv, coll, tmp_path):
     assert walked[f"{coll}/in"][0] == ["deeper"]
     assert walked[f"{coll}/in/deeper"] == ([], sorted([NAMES[3], NAMES[5]]))
     fs.put(str(local), f"{coll}/tree", recursive=True)
-    assert server_bytes(srv, f"{coll}/tree/{NAMES[4]}") == content(NAMES[4])
+    assert server_bytes(dav, f"{coll}/tree/{NAMES[4]}") == content(NAMES[4])
     fs.rm(f"{coll}/in/big.bin")
     assert not fs.exists(f"{coll}/in/big.bin")
     fs.rm(f"{coll}/in", recursive=True)
     assert not fs.exists(f"{coll}/in")
-    assert requests.request("PROPFIND", srv.u(f"{coll}/in/"), headers={"Depth": "0"}, timeout=10).status_code == 404
+    assert dav.propfind(f"{coll}/in/", depth="0").status_code == 404
 
 
 def test_fsspec_lists_the_server_root(srv, coll):
@@ -171,7 +156,7 @@ def test_fsspec_lists_the_server_root(srv, coll):
 # ------------------------------------------------------------------ webdavclient3
 
 
-def test_webdavclient3_properties_transfers_and_lock(srv, coll, tmp_path):
+def test_webdavclient3_properties_transfers_and_lock(srv, dav, coll, tmp_path):
     c = webdav3_client.Client({"webdav_hostname": srv.url.rstrip("/")})
     local = tmp_path / "w3"
     local.mkdir()
@@ -203,14 +188,14 @@ def test_webdavclient3_properties_transfers_and_lock(srv, coll, tmp_path):
         locked.upload_sync(remote_path=target, local_path=str(local / "new"))
         with pytest.raises(webdav3_client.ResourceLocked):
             c.upload_sync(remote_path=target, local_path=str(local / NAMES[0]))
-    assert server_bytes(srv, target) == b"written under lock"
+    assert server_bytes(dav, target) == b"written under lock"
     c.upload_sync(remote_path=target, local_path=str(local / NAMES[0]))  # the lock is gone
-    assert server_bytes(srv, target) == content(NAMES[0])
+    assert server_bytes(dav, target) == content(NAMES[0])
 
     # copy, move, recursive list (Depth: infinity), directories, delete
     c.copy(target, f"{coll}/w3/copy.txt")
     c.move(f"{coll}/w3/copy.txt", f"{coll}/w3/moved;x.txt")
-    assert server_bytes(srv, f"{coll}/w3/moved;x.txt") == content(NAMES[0])
+    assert server_bytes(dav, f"{coll}/w3/moved;x.txt") == content(NAMES[0])
     c.upload_sync(remote_path=f"{coll}/w3dir", local_path=str(local))
     assert sorted(c.list(f"{coll}/w3dir")) == sorted(NAMES + ["new"])
     recursive = c.list(coll, recursive=True)  # webdavclient3 lists bare names
@@ -224,9 +209,9 @@ def test_webdavclient3_properties_transfers_and_lock(srv, coll, tmp_path):
     assert not c.check(f"{coll}/w3dir/")
 
 
-def test_no_depth_propfind_of_an_escaped_file_name(srv, coll):
+def test_no_depth_propfind_of_an_escaped_file_name(dav, coll):
     """What webdav4's info() sends, for a name webdav4 itself cannot form."""
-    r = requests.put(srv.u(quote(f"{coll}/a#b.txt")), data=b"x", timeout=10)
+    r = dav.put(quote(f"{coll}/a#b.txt"), data=b"x")
     assert r.status_code == 201
-    r = requests.request("PROPFIND", srv.u(quote(f"{coll}/a#b.txt")), timeout=10)  # no Depth: a file
+    r = dav.propfind(quote(f"{coll}/a#b.txt"), depth=None)  # no Depth: a file
     assert r.status_code == 207 and "a%23b.txt" in r.text
