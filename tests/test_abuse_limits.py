@@ -23,8 +23,8 @@ import re
 import socket
 
 import pytest
-import requests
 
+from davclient import DavClient, wait_until
 from davcoll.dav.junk import JunkStore
 from server_util import running_server
 
@@ -39,8 +39,10 @@ ALLPROP = b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:prop
 
 @pytest.fixture
 def srv(tmp_path):
+    """A server of its own per test (the tests count store queries, read
+    metrics and the access log), with one collection "c"."""
     with running_server(tmp_path / "data") as s:
-        assert requests.request("MKCOL", s.u("c/")).status_code == 201
+        assert DavClient(s.url).mkcol("c/").status_code == 201
         yield s
 
 
@@ -59,12 +61,11 @@ def raw_request(url: str, line: bytes) -> bytes:
 # /_metrics labels
 
 
-def test_made_up_methods_do_not_grow_metrics(srv):
-    s = requests.Session()
+def test_made_up_methods_do_not_grow_metrics(dav):
     for i in range(300):
-        s.request(f"MADEUP{chr(65 + i % 26)}{chr(65 + i // 26)}", srv.u("c/"))
-    s.request("BREW", srv.u("c/"))
-    text = requests.get(srv.u("_metrics")).text
+        dav.req(f"MADEUP{chr(65 + i % 26)}{chr(65 + i // 26)}", "c/")
+    dav.req("BREW", "c/")
+    text = dav.get("_metrics").text
     methods = set(re.findall(r'davcoll_requests_total\{method="([^"]*)"', text))
     assert "other" in methods
     assert not any(m.startswith("MADEUP") or m == "BREW" for m in methods)
@@ -132,11 +133,11 @@ def test_junk_store_lru_refresh_keeps_recently_read():
 
 def test_junk_with_long_names_over_http_stays_within_limit(tmp_path):
     with running_server(tmp_path / "data", junk_max_bytes=1 << 20) as srv:
-        assert requests.request("MKCOL", srv.u("c/")).status_code == 201
-        s = requests.Session()
+        dav = DavClient(srv.url)
+        assert dav.mkcol("c/").status_code == 201
         name = "._" + "n" * 200
         for i in range(40):
-            r = s.put(srv.u(f"c/{name}{i:03d}"), data=b"")
+            r = dav.put(f"c/{name}{i:03d}", data=b"")
             assert r.status_code in (201, 204), r.text
         junk = provider_of(srv).junk
         # 40 entries of ~(200 + key + overhead) bytes: counted, not zero.
@@ -147,9 +148,9 @@ def test_junk_with_long_names_over_http_stays_within_limit(tmp_path):
         for i in range(40):
             # Some HTTP stacks cap the request line; the server must not keep
             # more than its budget either way.
-            s.put(srv.u(f"c/{big[:8000]}{i:03d}"), data=b"")
+            dav.put(f"c/{big[:8000]}{i:03d}", data=b"")
         assert junk.bytes_used <= 1 << 20
-        listing = s.request("PROPFIND", srv.u("c/"), headers={"Depth": "1"})
+        listing = dav.propfind("c/", "1")
         assert listing.status_code == 207
 
 
@@ -169,18 +170,18 @@ def provider_of(srv):
     (proppatch_body("<Z:a>" + "<b/>" * 20_000 + "</Z:a>"), "elements"),
     (proppatch_body("<Z:a>" + "<b>" * 200 + "</b>" * 200 + "</Z:a>"), "deeper"),
 ], ids=["40k-prefixed-decls", "150-default-decls", "20k-elements", "200-deep"])
-def test_xml_shape_limits(srv, body, reason):
-    requests.put(srv.u("c/f.txt"), data=b"x")
-    r = requests.request("PROPPATCH", srv.u("c/f.txt"), data=body)
+def test_xml_shape_limits(dav, body, reason):
+    dav.put("c/f.txt", data=b"x")
+    r = dav.proppatch("c/f.txt", body)
     assert r.status_code == 413, r.text
     assert reason in r.text
-    assert "Z:a" not in requests.request("PROPFIND", srv.u("c/f.txt"), headers={"Depth": "0"}, data=ALLPROP).text
+    assert "Z:a" not in dav.propfind("c/f.txt", "0", ALLPROP).text
 
 
-def test_xml_within_limits_is_served(srv):
-    requests.put(srv.u("c/f.txt"), data=b"x")
+def test_xml_within_limits_is_served(dav):
+    dav.put("c/f.txt", data=b"x")
     body = proppatch_body("".join(f'<p{i} xmlns="urn:p{i}">v</p{i}>' for i in range(50)))
-    r = requests.request("PROPPATCH", srv.u("c/f.txt"), data=body)
+    r = dav.proppatch("c/f.txt", body)
     assert r.status_code == 207 and "200 OK" in r.text
 
 
@@ -215,13 +216,7 @@ def access_log():
 def _wait_lines(cap: _Capture, *needles: str) -> list[str]:
     """The captured lines once each needle is in one (the access line is
     written after the response has gone out, so poll)."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(any(n in line for line in cap.lines) for n in needles):
-            break
-        time.sleep(0.01)
+    wait_until(lambda: all(any(n in line for line in cap.lines) for n in needles), timeout=10, interval=0.01)
     return list(cap.lines)
 
 
@@ -240,10 +235,10 @@ def test_access_log_cannot_be_forged(srv, access_log):
     assert not any("\x01" in line or "\x1b" in line for line in lines)
 
 
-def test_access_log_spells_unicode_paths_as_typed(srv, access_log):
-    requests.request("MKCOL", srv.u("c/%C3%A9t%C3%A9/"))
-    requests.get(srv.u("c/%C3%A9t%C3%A9/"))
-    requests.get(srv.u("t=secret-token-123/c/%C3%A9t%C3%A9/"))
+def test_access_log_spells_unicode_paths_as_typed(dav, access_log):
+    dav.mkcol("c/%C3%A9t%C3%A9/")
+    dav.get("c/%C3%A9t%C3%A9/")
+    dav.get("t=secret-token-123/c/%C3%A9t%C3%A9/")
     lines = _wait_lines(access_log, "MKCOL /c/", "GET /c/", "/t=***/")
     assert any("MKCOL /c/été/ 201" in line for line in lines), lines
     assert not any("Ã" in line for line in lines)
@@ -255,50 +250,52 @@ def test_access_log_spells_unicode_paths_as_typed(srv, access_log):
 # dead properties: caps
 
 
-def props_of(srv, path: str) -> set[str]:
-    r = requests.request("PROPFIND", srv.u(path), headers={"Depth": "0"}, data=ALLPROP)
+def props_of(dav: DavClient, path: str) -> set[str]:
+    r = dav.propfind(path, "0", ALLPROP)
     assert r.status_code == 207, r.text
     return set(re.findall(r"<(?:\w+:)?(p\d+)\b", r.text))
 
 
 def test_dead_property_count_cap_refuses_with_reason_and_changes_nothing(tmp_path):
     with running_server(tmp_path / "data", max_dead_props=20) as srv:
-        requests.request("MKCOL", srv.u("c/"))
-        requests.put(srv.u("c/f.txt"), data=b"x")
-        ok = requests.request("PROPPATCH", srv.u("c/f.txt"),
-                              data=proppatch_body("".join(f"<Z:p{i}>v</Z:p{i}>" for i in range(18))))
+        dav = DavClient(srv.url)
+        dav.mkcol("c/")
+        dav.put("c/f.txt", data=b"x")
+        ok = dav.proppatch("c/f.txt",
+                           proppatch_body("".join(f"<Z:p{i}>v</Z:p{i}>" for i in range(18))))
         assert ok.status_code == 207 and "HTTP/1.1 200 OK" in ok.text
-        before = props_of(srv, "c/f.txt")
+        before = props_of(dav, "c/f.txt")
         assert len(before) == 18
-        r = requests.request("PROPPATCH", srv.u("c/f.txt"),
-                             data=proppatch_body("".join(f"<Z:p{i}>w</Z:p{i}>" for i in range(15, 25))))
+        r = dav.proppatch("c/f.txt",
+                          proppatch_body("".join(f"<Z:p{i}>w</Z:p{i}>" for i in range(15, 25))))
         assert r.status_code == 207
         assert "HTTP/1.1 507 Insufficient Storage" in r.text
         assert "at most 20 dead properties" in r.text
         assert "HTTP/1.1 424 Failed Dependency" in r.text  # the rest are not applied either
-        assert props_of(srv, "c/f.txt") == before
-        assert ">w<" not in requests.request("PROPFIND", srv.u("c/f.txt"), headers={"Depth": "0"}, data=ALLPROP).text
+        assert props_of(dav, "c/f.txt") == before
+        assert ">w<" not in dav.propfind("c/f.txt", "0", ALLPROP).text
         # Overwriting existing ones and removing to make room stay possible.
         body = (b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:z">'
                 b"<D:remove><D:prop><Z:p0/><Z:p1/><Z:p2/></D:prop></D:remove>"
                 b"<D:set><D:prop><Z:p3>w</Z:p3><Z:p30>v</Z:p30><Z:p31>v</Z:p31><Z:p32>v</Z:p32>"
                 b"<Z:p33>v</Z:p33><Z:p34>v</Z:p34></D:prop></D:set></D:propertyupdate>")
-        r = requests.request("PROPPATCH", srv.u("c/f.txt"), data=body)
+        r = dav.proppatch("c/f.txt", body)
         assert r.status_code == 207 and "HTTP/1.1 507" not in r.text, r.text
-        assert len(props_of(srv, "c/f.txt")) == 20
+        assert len(props_of(dav, "c/f.txt")) == 20
 
 
 def test_dead_property_value_size_cap(tmp_path):
     with running_server(tmp_path / "data", max_prop_bytes=1024) as srv:
-        requests.request("MKCOL", srv.u("c/"))
-        requests.put(srv.u("c/f.txt"), data=b"x")
-        r = requests.request("PROPPATCH", srv.u("c/f.txt"),
-                             data=proppatch_body("<Z:p1>small</Z:p1><Z:p2>" + "v" * 2000 + "</Z:p2>"))
+        dav = DavClient(srv.url)
+        dav.mkcol("c/")
+        dav.put("c/f.txt", data=b"x")
+        r = dav.proppatch("c/f.txt",
+                          proppatch_body("<Z:p1>small</Z:p1><Z:p2>" + "v" * 2000 + "</Z:p2>"))
         assert r.status_code == 207
         assert "HTTP/1.1 507 Insufficient Storage" in r.text and "the limit is 1024 bytes" in r.text
-        assert props_of(srv, "c/f.txt") == set()
-        ok = requests.request("PROPPATCH", srv.u("c/f.txt"), data=proppatch_body("<Z:p1>" + "v" * 900 + "</Z:p1>"))
-        assert "HTTP/1.1 200 OK" in ok.text and props_of(srv, "c/f.txt") == {"p1"}
+        assert props_of(dav, "c/f.txt") == set()
+        ok = dav.proppatch("c/f.txt", proppatch_body("<Z:p1>" + "v" * 900 + "</Z:p1>"))
+        assert "HTTP/1.1 200 OK" in ok.text and props_of(dav, "c/f.txt") == {"p1"}
 
 
 # --------------------------------------------------------------------------
@@ -331,28 +328,27 @@ def count_store(srv) -> CountingStore:
     return pm.store
 
 
-def test_allprop_on_one_resource_costs_one_query(srv):
-    requests.put(srv.u("c/f.txt"), data=b"x")
-    r = requests.request("PROPPATCH", srv.u("c/f.txt"),
-                         data=proppatch_body("".join(f"<Z:p{i}>v{i}</Z:p{i}>" for i in range(500))))
+def test_allprop_on_one_resource_costs_one_query(srv, dav):
+    dav.put("c/f.txt", data=b"x")
+    r = dav.proppatch("c/f.txt",
+                      proppatch_body("".join(f"<Z:p{i}>v{i}</Z:p{i}>" for i in range(500))))
     assert "HTTP/1.1 200 OK" in r.text
     store = count_store(srv)
     store.calls.clear()
-    found = props_of(srv, "c/f.txt")
+    found = props_of(dav, "c/f.txt")
     assert len(found) == 500
     assert len(store.calls) <= 2, store.calls  # was 501 (names + one get per property)
 
 
 @pytest.mark.parametrize("n", [10, 60])
-def test_depth1_allprop_over_a_folder_costs_constant_queries(srv, n):
-    s = requests.Session()
+def test_depth1_allprop_over_a_folder_costs_constant_queries(srv, dav, n):
     for i in range(n):
-        s.put(srv.u(f"c/f{i}.txt"), data=b"x")
+        dav.put(f"c/f{i}.txt", data=b"x")
         body = proppatch_body(f"<Z:p1>a{i}</Z:p1><Z:p2>b{i}</Z:p2><Z:p3>c{i}</Z:p3>")
-        assert "HTTP/1.1 200 OK" in s.request("PROPPATCH", srv.u(f"c/f{i}.txt"), data=body).text
+        assert "HTTP/1.1 200 OK" in dav.proppatch(f"c/f{i}.txt", body).text
     store = count_store(srv)
     store.calls.clear()
-    r = s.request("PROPFIND", srv.u("c/"), headers={"Depth": "1"}, data=ALLPROP)
+    r = dav.propfind("c/", "1", ALLPROP)
     assert r.status_code == 207
     for i in range(n):
         assert f">a{i}<" in r.text and f">b{i}<" in r.text and f">c{i}<" in r.text
@@ -361,21 +357,21 @@ def test_depth1_allprop_over_a_folder_costs_constant_queries(srv, n):
     store.calls.clear()
     named = (b'<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:Z="urn:z">'
              b"<D:prop><Z:p2/><D:getetag/></D:prop></D:propfind>")
-    r = s.request("PROPFIND", srv.u("c/"), headers={"Depth": "1"}, data=named)
+    r = dav.propfind("c/", "1", named)
     assert r.status_code == 207 and f">b{n - 1}<" in r.text
     assert len(store.calls) <= 4, store.calls
 
 
-def test_property_writes_in_a_request_are_seen_by_later_reads(srv):
+def test_property_writes_in_a_request_are_seen_by_later_reads(dav):
     """The per-request cache never serves stale values after a change."""
-    requests.put(srv.u("c/f.txt"), data=b"x")
+    dav.put("c/f.txt", data=b"x")
     for v in ("one", "two"):
-        r = requests.request("PROPPATCH", srv.u("c/f.txt"), data=proppatch_body(f"<Z:p1>{v}</Z:p1>"))
+        r = dav.proppatch("c/f.txt", proppatch_body(f"<Z:p1>{v}</Z:p1>"))
         assert "HTTP/1.1 200 OK" in r.text
-        got = requests.request("PROPFIND", srv.u("c/f.txt"), headers={"Depth": "0"}, data=ALLPROP).text
+        got = dav.propfind("c/f.txt", "0", ALLPROP).text
         assert f">{v}<" in got
-    assert requests.request("MOVE", srv.u("c/f.txt"), headers={"Destination": srv.u("c/g.txt")}).status_code == 201
-    assert ">two<" in requests.request("PROPFIND", srv.u("c/"), headers={"Depth": "1"}, data=ALLPROP).text
+    assert dav.move("c/f.txt", "c/g.txt").status_code == 201
+    assert ">two<" in dav.propfind("c/", "1", ALLPROP).text
 
 
 def test_local_store_children_query_and_upgrade(tmp_path):
