@@ -144,10 +144,13 @@ class DavClient:
     def proppatch(self, path: str, body: Any, **kw: Any) -> requests.Response:
         return self.req("PROPPATCH", path, data=body, **kw)
 
-    def lock(self, path: str, body: Any = LOCK_BODY, *, depth: str = "0", timeout: str = "Second-600",
+    def lock(self, path: str, body: Any = LOCK_BODY, *, depth: str = "0", timeout: str | None = "Second-600",
              headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
-        """A new lock (``body=None`` with an ``If`` header: a refresh)."""
-        h = {"Depth": depth, "Timeout": timeout}
+        """A new lock (``body=None`` with an ``If`` header: a refresh);
+        ``timeout=None`` sends no Timeout header."""
+        h = {"Depth": depth}
+        if timeout is not None:
+            h["Timeout"] = timeout
         if body is not None:
             h["Content-Type"] = "application/xml"
         return self.req("LOCK", path, data=body, headers={**h, **(headers or {})}, **kw)
