@@ -12,33 +12,35 @@ from __future__ import annotations
 import socket
 import unicodedata
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from urllib.parse import quote, unquote, urlparse
 
 import pytest
-import requests
 
 from davcoll.manifest import escape_name
-from davclient import hrefs
+from davclient import DavClient, hrefs, parse_multistatus
 from fake_cluster import arvados_server, fake_cluster
 from server_util import running_server
 
-FRESH = {"Cache-Control": "no-cache"}
 NFC_E = "\u00e9"  # é as one code point
 NFD_E = "e\u0301"  # e + combining acute
 
 
 class Server:
-    """A running server on one backend, an authenticated HTTP session for
-    it, and direct access to its catalog (to act as another client)."""
+    """A running server on one backend, DAV clients for it, and direct
+    access to its catalog (to act as another client).
 
-    def __init__(self, running, http: requests.Session, catalog, store_block, set_manifest) -> None:
-        self.running, self.http, self.catalog = running, http, catalog
+    ``dav`` sends the backend's token; ``fresh`` also sends
+    ``Cache-Control: no-cache``, for reads that must see a change another
+    writer made behind davcoll's back at once (writes go through ``dav``, so
+    they meet whatever the server has cached).
+    """
+
+    def __init__(self, running, token: str | None, catalog, store_block, set_manifest) -> None:
+        self.running, self.catalog = running, catalog
         self.url = running.url
+        self.dav = DavClient(running.url, token=token)
+        self.fresh = DavClient(running.url, token=token, no_cache=True)
         self.store_block, self.set_manifest = store_block, set_manifest
-
-    def u(self, path: str = "") -> str:
-        return self.running.u(path)
 
 
 @pytest.fixture(scope="module", params=["embedded", "arvados"])
@@ -51,39 +53,21 @@ def srv(request, tmp_path_factory):
             def set_manifest(uuid: str, text: str) -> None:
                 backend.catalog_.update(uuid, manifest_text=text)
 
-            yield Server(s, requests.Session(), backend.catalog_, backend.blocks.put, set_manifest)
+            yield Server(s, None, backend.catalog_, backend.blocks.put, set_manifest)
         return
     with fake_cluster(keepstores=1, seed=5) as fake:
         token = fake.add_user("safety")
         # client_options/keep_options={}: the backend's own retry settings.
         with arvados_server(fake, tmp / "data", client_options={}, keep_options={}, anonymous="write") as s:
             backend = s.app.backend
-            http = requests.Session()
-            http.headers["Authorization"] = f"Bearer {token}"
-            yield Server(s, http, backend.catalog(backend.authenticate(token)), fake.store_block,
+            yield Server(s, token, backend.catalog(backend.authenticate(token)), fake.store_block,
                          fake.set_manifest_raw)
 
 
 @pytest.fixture
-def coll(srv):
-    name = "s-" + uuidlib.uuid4().hex[:10]
-    assert srv.http.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
-    return name
-
-
-def put(srv, path: str, data: bytes) -> requests.Response:
-    return srv.http.put(srv.u(path), data=data, timeout=30)
-
-
-def get(srv, path: str) -> requests.Response:
-    return srv.http.get(srv.u(path), headers=FRESH, timeout=30)
-
-
-def req(srv, method: str, path: str, dest: str | None = None, **headers) -> requests.Response:
-    h = dict(headers)
-    if dest is not None:
-        h["Destination"] = dest if dest.startswith("http") else srv.url + dest.lstrip("/")
-    return srv.http.request(method, srv.u(path), headers=h, timeout=30)
+def dav(srv) -> DavClient:
+    """The backend's client (the shared ``coll`` fixture makes collections with it)."""
+    return srv.dav
 
 
 def raw(srv, request: bytes) -> tuple[int, bytes]:
@@ -102,10 +86,8 @@ def raw(srv, request: bytes) -> tuple[int, bytes]:
 
 
 def listing(srv, path: str, depth: str = "1") -> list[str]:
-    """Hrefs of a PROPFIND, as the server wrote them."""
-    r = srv.http.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
-    assert r.status_code == 207, r.text
-    return hrefs(r)
+    """Hrefs of a fresh PROPFIND, as the server wrote them."""
+    return hrefs(srv.fresh.propfind(path, depth))
 
 
 def catalog(srv):
@@ -138,22 +120,22 @@ def write_names_behind_our_back(srv, coll: str, files: dict[str, bytes]) -> None
 @pytest.mark.parametrize("spelling", ["report%3Bv2.txt", "report;v2.txt"])
 def test_copy_to_name_with_semicolon_names_exactly_that_file(srv, coll, spelling):
     """The issue's example: COPY draft.txt -> report%3Bv2.txt overwrote 'report'."""
-    assert put(srv, f"{coll}/report", b"REPORT").status_code == 201
-    assert put(srv, f"{coll}/draft.txt", b"DRAFT").status_code == 201
-    r = req(srv, "COPY", f"{coll}/draft.txt", f"{coll}/{spelling}")
+    assert srv.dav.put(f"{coll}/report", b"REPORT").status_code == 201
+    assert srv.dav.put(f"{coll}/draft.txt", b"DRAFT").status_code == 201
+    r = srv.dav.copy(f"{coll}/draft.txt", f"{coll}/{spelling}")
     assert r.status_code == 201, r.text
-    assert get(srv, f"{coll}/report").content == b"REPORT"
-    assert get(srv, f"{coll}/report%3Bv2.txt").content == b"DRAFT"
+    assert srv.fresh.get(f"{coll}/report").content == b"REPORT"
+    assert srv.fresh.get(f"{coll}/report%3Bv2.txt").content == b"DRAFT"
 
 
 def test_copy_to_encoded_question_mark_names_exactly_that_file(srv, coll):
-    assert put(srv, f"{coll}/report", b"REPORT").status_code == 201
-    assert put(srv, f"{coll}/draft.txt", b"DRAFT").status_code == 201
-    r = req(srv, "MOVE", f"{coll}/draft.txt", f"{coll}/report%3Fv2.txt")
+    assert srv.dav.put(f"{coll}/report", b"REPORT").status_code == 201
+    assert srv.dav.put(f"{coll}/draft.txt", b"DRAFT").status_code == 201
+    r = srv.dav.move(f"{coll}/draft.txt", f"{coll}/report%3Fv2.txt")
     assert r.status_code == 201, r.text
-    assert get(srv, f"{coll}/report").content == b"REPORT"
-    assert get(srv, f"{coll}/report%3Fv2.txt").content == b"DRAFT"
-    assert get(srv, f"{coll}/draft.txt").status_code == 404
+    assert srv.fresh.get(f"{coll}/report").content == b"REPORT"
+    assert srv.fresh.get(f"{coll}/report%3Fv2.txt").content == b"DRAFT"
+    assert srv.fresh.get(f"{coll}/draft.txt").status_code == 404
 
 
 @pytest.mark.parametrize("dest", [
@@ -166,11 +148,11 @@ def test_copy_to_encoded_question_mark_names_exactly_that_file(srv, coll):
     "{c}/x%01y.txt",  # control character in a new name
 ])
 def test_destination_query_fragment_dots_and_controls_are_400(srv, coll, dest):
-    assert put(srv, f"{coll}/report", b"REPORT").status_code == 201
-    assert put(srv, f"{coll}/draft.txt", b"DRAFT").status_code == 201
-    r = req(srv, "COPY", f"{coll}/draft.txt", dest.format(c=coll))
+    assert srv.dav.put(f"{coll}/report", b"REPORT").status_code == 201
+    assert srv.dav.put(f"{coll}/draft.txt", b"DRAFT").status_code == 201
+    r = srv.dav.copy(f"{coll}/draft.txt", dest.format(c=coll))
     assert r.status_code == 400, r.text
-    assert get(srv, f"{coll}/report").content == b"REPORT"
+    assert srv.fresh.get(f"{coll}/report").content == b"REPORT"
     hrefs = listing(srv, f"{coll}/")
     assert sorted(unquote(h).rstrip("/").rsplit("/", 1)[-1] for h in hrefs[1:]) == ["draft.txt", "report"]
 
@@ -178,11 +160,11 @@ def test_destination_query_fragment_dots_and_controls_are_400(srv, coll, dest):
 def test_collection_move_to_encoded_query_does_not_trash_another_collection(srv):
     a, victim = "a-" + uuidlib.uuid4().hex[:8], "victim-" + uuidlib.uuid4().hex[:8]
     for c in (a, victim):
-        assert req(srv, "MKCOL", c + "/").status_code == 201
-    assert put(srv, f"{victim}/keep.txt", b"KEEP").status_code == 201
-    r = req(srv, "MOVE", a + "/", f"/{victim}%3Fnew/")
+        assert srv.dav.mkcol(c + "/").status_code == 201
+    assert srv.dav.put(f"{victim}/keep.txt", b"KEEP").status_code == 201
+    r = srv.dav.move(a + "/", f"/{victim}%3Fnew/")
     assert r.status_code == 201, r.text
-    assert get(srv, f"{victim}/keep.txt").content == b"KEEP"
+    assert srv.fresh.get(f"{victim}/keep.txt").content == b"KEEP"
     assert catalog(srv).find_by_name(f"{victim}?new") is not None
     assert catalog(srv).find_by_name(a) is None
 
@@ -194,42 +176,41 @@ NAMES = ["semi;colon.txt", "quest?ion.txt", "hash#tag.txt", "per%cent.txt", "per
 
 def test_listing_hrefs_round_trip_as_destinations(srv, coll):
     """A href from a listing, used as a Destination, names exactly that file."""
-    assert req(srv, "MKCOL", f"{coll}/src/").status_code == 201
-    assert req(srv, "MKCOL", f"{coll}/dst/").status_code == 201
+    assert srv.dav.mkcol(f"{coll}/src/").status_code == 201
+    assert srv.dav.mkcol(f"{coll}/dst/").status_code == 201
     for i, n in enumerate(NAMES):
-        assert put(srv, f"{coll}/src/{quote(n)}", f"{i}".encode()).status_code == 201, n
+        assert srv.dav.put(f"{coll}/src/{quote(n)}", f"{i}".encode()).status_code == 201, n
     hrefs = listing(srv, f"{coll}/src/")[1:]
     assert len(hrefs) == len(NAMES)
     for h in hrefs:
         dest = h.replace("/src/", "/dst/")
-        r = srv.http.request("COPY", srv.url.rstrip("/") + h, headers={"Destination": srv.url.rstrip("/") + dest},
-                             timeout=30)
+        r = srv.dav.copy(h, dest)
         assert r.status_code == 201, (h, r.text)
     got = sorted(unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/dst/")[1:])
     assert got == sorted(NAMES)
     for i, n in enumerate(NAMES):
-        assert get(srv, f"{coll}/dst/{quote(n)}").content == f"{i}".encode(), n
+        assert srv.fresh.get(f"{coll}/dst/{quote(n)}").content == f"{i}".encode(), n
 
 
 @pytest.mark.parametrize("reserved", ["_health", "_metrics", "by_id", "_", "c=zzzzz-4zz18-000000000000000",
                                       "t=sometoken"])
 @pytest.mark.parametrize("method", ["MOVE", "COPY"])
 def test_reserved_top_level_names_refused_as_destinations(srv, coll, reserved, method):
-    assert put(srv, f"{coll}/f.txt", b"F").status_code == 201
-    r = req(srv, method, coll + "/", f"/{reserved}/")
+    assert srv.dav.put(f"{coll}/f.txt", b"F").status_code == 201
+    r = srv.dav.req(method, coll + "/", headers={"Destination": f"/{reserved}/"})
     assert r.status_code in (403, 409), r.text
     assert catalog(srv).find_by_name(reserved) is None
-    assert get(srv, f"{coll}/f.txt").content == b"F"
-    assert srv.http.get(srv.u("_health"), timeout=10).json()["status"] == "ok"
+    assert srv.fresh.get(f"{coll}/f.txt").content == b"F"
+    assert srv.dav.get("_health").json()["status"] == "ok"
 
 
 # ---------------------------------------------------------------- backslash
 
 
 def test_backslash_raw_and_encoded_are_the_same_name(srv, coll):
-    assert put(srv, f"{coll}/a%5Cb.txt", b"BACK").status_code == 201
-    assert get(srv, f"{coll}/a%5Cb.txt").content == b"BACK"
-    auth = "".join(f"{k}: {v}\r\n" for k, v in srv.http.headers.items() if k == "Authorization")
+    assert srv.dav.put(f"{coll}/a%5Cb.txt", b"BACK").status_code == 201
+    assert srv.fresh.get(f"{coll}/a%5Cb.txt").content == b"BACK"
+    auth = "".join(f"{k}: {v}\r\n" for k, v in srv.dav.headers.items() if k == "Authorization")
     status, body = raw(srv, f"GET /{coll}/a\\b.txt HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode())
     assert (status, body) == (200, b"BACK")
     hrefs = listing(srv, f"{coll}/")
@@ -241,12 +222,12 @@ def test_backslash_names_written_by_another_client_are_reachable(srv, coll):
     hrefs = listing(srv, f"{coll}/", "1")
     href = next(h for h in hrefs if "top" in h)
     assert href.endswith("/top%5Cname")
-    assert srv.http.get(srv.url.rstrip("/") + href, timeout=10).content == b"TOP"
-    assert get(srv, f"{coll}/dir%5Cx/f%5Cg.txt").content == b"SDK"
-    assert put(srv, f"{coll}/dir%5Cx/f%5Cg.txt", b"NEW").status_code == 204
-    assert get(srv, f"{coll}/dir%5Cx/f%5Cg.txt").content == b"NEW"
-    assert srv.http.delete(srv.url.rstrip("/") + href, timeout=10).status_code == 204
-    assert get(srv, f"{coll}/top%5Cname").status_code == 404
+    assert srv.dav.get(href).content == b"TOP"
+    assert srv.fresh.get(f"{coll}/dir%5Cx/f%5Cg.txt").content == b"SDK"
+    assert srv.dav.put(f"{coll}/dir%5Cx/f%5Cg.txt", b"NEW").status_code == 204
+    assert srv.fresh.get(f"{coll}/dir%5Cx/f%5Cg.txt").content == b"NEW"
+    assert srv.dav.delete(href).status_code == 204
+    assert srv.fresh.get(f"{coll}/top%5Cname").status_code == 404
 
 
 # ---------------------------------------------------------------- control characters
@@ -254,25 +235,23 @@ def test_backslash_names_written_by_another_client_are_reachable(srv, coll):
 
 @pytest.mark.parametrize("name", ["a%01b", "a%0Ab", "a%0Db", "a%09b", "a%7Fb", "a%C2%85b", "a%EF%BF%BEb"])
 def test_control_characters_refused_at_creation(srv, coll, name):
-    r = put(srv, f"{coll}/{name}", b"x")
+    r = srv.dav.put(f"{coll}/{name}", b"x")
     assert r.status_code == 400, r.text
-    assert req(srv, "MKCOL", f"{coll}/{name}/").status_code == 400
-    assert put(srv, f"{coll}/ok.txt", b"ok").status_code == 201
-    assert req(srv, "MOVE", f"{coll}/ok.txt", f"{coll}/{name}").status_code == 400
+    assert srv.dav.mkcol(f"{coll}/{name}/").status_code == 400
+    assert srv.dav.put(f"{coll}/ok.txt", b"ok").status_code == 201
+    assert srv.dav.move(f"{coll}/ok.txt", f"{coll}/{name}").status_code == 400
     assert listing(srv, f"{coll}/")  # still listable
 
 
 def test_control_character_names_from_other_writers_do_not_break_listings(srv, coll):
     write_names_behind_our_back(srv, coll, {"bad\x01name": b"B", "dir\x1b[31m/in.txt": b"I", "good.txt": b"G"})
     for path, depth in ((f"{coll}/", "1"), (f"{coll}/", "0"), ("", "1")):
-        r = srv.http.request("PROPFIND", srv.u(path), headers={"Depth": depth, **FRESH}, timeout=30)
-        assert r.status_code == 207, r.text
-        ET.fromstring(r.content)  # well-formed
-    assert srv.http.get(srv.u(f"{coll}/"), headers={"Accept": "text/html"}, timeout=10).status_code == 200
-    assert get(srv, f"{coll}/good.txt").content == b"G"
-    assert get(srv, f"{coll}/bad%01name").content == b"B"
-    assert srv.http.delete(srv.u(f"{coll}/bad%01name"), timeout=10).status_code == 204
-    assert srv.http.delete(srv.u(f"{coll}/dir%1B%5B31m/"), timeout=10).status_code == 204
+        parse_multistatus(srv.fresh.propfind(path, depth))  # a 207, well-formed
+    assert srv.dav.get(f"{coll}/", headers={"Accept": "text/html"}).status_code == 200
+    assert srv.fresh.get(f"{coll}/good.txt").content == b"G"
+    assert srv.fresh.get(f"{coll}/bad%01name").content == b"B"
+    assert srv.dav.delete(f"{coll}/bad%01name").status_code == 204
+    assert srv.dav.delete(f"{coll}/dir%1B%5B31m/").status_code == 204
     assert [unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/")[1:]] == ["good.txt"]
 
 
@@ -282,11 +261,11 @@ def test_control_character_names_from_other_writers_do_not_break_listings(srv, c
 def test_both_spellings_in_one_folder_each_reach_their_own_file(srv, coll):
     nfc, nfd = f"caf{NFC_E}.txt", f"caf{NFD_E}.txt"
     write_names_behind_our_back(srv, coll, {nfc: b"NFC", nfd: b"NFD"})
-    assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"NFD"
-    assert srv.http.delete(srv.u(f"{coll}/{quote(nfd)}"), timeout=10).status_code == 204
-    assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"NFC"  # falls back to the equivalent name now
+    assert srv.fresh.get(f"{coll}/{quote(nfc)}").content == b"NFC"
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"NFD"
+    assert srv.dav.delete(f"{coll}/{quote(nfd)}").status_code == 204
+    assert srv.fresh.get(f"{coll}/{quote(nfc)}").content == b"NFC"
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"NFC"  # falls back to the equivalent name now
     names = [unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/")[1:]]
     assert names == [nfc]
 
@@ -294,40 +273,40 @@ def test_both_spellings_in_one_folder_each_reach_their_own_file(srv, coll):
 def test_overwrite_through_one_spelling_leaves_the_other(srv, coll):
     nfc, nfd = f"{NFC_E}t{NFC_E}", f"{NFD_E}t{NFD_E}"
     write_names_behind_our_back(srv, coll, {nfc: b"NFC", nfd: b"NFD"})
-    assert put(srv, f"{coll}/{quote(nfd)}", b"NEW-NFD").status_code == 204
-    assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"NEW-NFD"
-    assert req(srv, "COPY", f"{coll}/{quote(nfc)}", f"{coll}/{quote(nfd)}").status_code == 204
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"NFC"
-    assert get(srv, f"{coll}/{quote(nfc)}").content == b"NFC"
+    assert srv.dav.put(f"{coll}/{quote(nfd)}", b"NEW-NFD").status_code == 204
+    assert srv.fresh.get(f"{coll}/{quote(nfc)}").content == b"NFC"
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"NEW-NFD"
+    assert srv.dav.copy(f"{coll}/{quote(nfc)}", f"{coll}/{quote(nfd)}").status_code == 204
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"NFC"
+    assert srv.fresh.get(f"{coll}/{quote(nfc)}").content == b"NFC"
 
 
 def test_new_names_are_created_nfc_and_found_by_either_spelling(srv, coll):
     nfd = f"r{NFD_E}sum{NFD_E}.txt"
     nfc = unicodedata.normalize("NFC", nfd)
-    assert put(srv, f"{coll}/{quote(nfd)}", b"X").status_code == 201
+    assert srv.dav.put(f"{coll}/{quote(nfd)}", b"X").status_code == 201
     names = [unquote(h).rsplit("/", 1)[-1] for h in listing(srv, f"{coll}/")[1:]]
     assert names == [nfc]
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"X"
-    assert put(srv, f"{coll}/{quote(nfc)}", b"Y").status_code == 204  # same file, either spelling
-    assert get(srv, f"{coll}/{quote(nfd)}").content == b"Y"
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"X"
+    assert srv.dav.put(f"{coll}/{quote(nfc)}", b"Y").status_code == 204  # same file, either spelling
+    assert srv.fresh.get(f"{coll}/{quote(nfd)}").content == b"Y"
 
 
 def test_collection_with_nfd_name_is_reachable(srv):
     nfd = f"coll-{NFD_E}-" + uuidlib.uuid4().hex[:6]
     rec = catalog(srv).create(nfd)
     try:
-        assert put(srv, f"{quote(nfd)}/f.txt", b"IN-NFD").status_code == 201
-        assert get(srv, f"{quote(nfd)}/f.txt").content == b"IN-NFD"
+        assert srv.dav.put(f"{quote(nfd)}/f.txt", b"IN-NFD").status_code == 201
+        assert srv.fresh.get(f"{quote(nfd)}/f.txt").content == b"IN-NFD"
         assert catalog(srv).get(rec.uuid).manifest_text.endswith("f.txt\n")
         hrefs = listing(srv, "", "1")
         assert any(unquote(h).rstrip("/").endswith(nfd) for h in hrefs)
         # An NFC twin created next to it is another collection.
         nfc = unicodedata.normalize("NFC", nfd)
         catalog(srv).create(nfc)
-        assert put(srv, f"{quote(nfc)}/g.txt", b"IN-NFC").status_code == 201
-        assert get(srv, f"{quote(nfd)}/g.txt").status_code == 404
-        assert get(srv, f"{quote(nfd)}/f.txt").content == b"IN-NFD"
+        assert srv.dav.put(f"{quote(nfc)}/g.txt", b"IN-NFC").status_code == 201
+        assert srv.fresh.get(f"{quote(nfd)}/g.txt").status_code == 404
+        assert srv.fresh.get(f"{quote(nfd)}/f.txt").content == b"IN-NFD"
     finally:
         pass
 
@@ -344,7 +323,7 @@ def proppatch(srv, path: str, set_: dict[str, str] | None = None, remove: list[s
     for k in remove or []:
         body.append(f"<D:remove><D:prop><P:{k}/></D:prop></D:remove>")
     body.append("</D:propertyupdate>")
-    return srv.http.request("PROPPATCH", srv.u(path), data="".join(body).encode(), timeout=30)
+    return srv.dav.proppatch(path, "".join(body).encode())
 
 
 def stored_properties(srv, coll: str) -> dict:
@@ -357,7 +336,7 @@ def test_proppatch_changes_only_the_named_keys_of_the_stored_properties(srv, col
     assert proppatch(srv, f"{coll}/", {"mine": "1"}).status_code == 207
     # Warm the cached record, then another client (the SDK, another
     # instance) sets a key behind davcoll's back.
-    assert srv.http.request("PROPFIND", srv.u(f"{coll}/"), headers={"Depth": "0"}, timeout=30).status_code == 207
+    assert srv.dav.propfind(f"{coll}/", "0").status_code == 207
     uuid = catalog(srv).find_by_name(coll).uuid
     catalog(srv).update(uuid, properties={**stored_properties(srv, coll), "theirs": "sdk"})
     r = proppatch(srv, f"{coll}/", {"mine": "2", "also": "x"})
@@ -370,14 +349,13 @@ def test_proppatch_changes_only_the_named_keys_of_the_stored_properties(srv, col
 
 @pytest.mark.parametrize("target", ["f.txt", "sub/"])
 def test_collection_properties_only_on_the_collection_root(srv, coll, target):
-    assert put(srv, f"{coll}/f.txt", b"F").status_code == 201
-    assert req(srv, "MKCOL", f"{coll}/sub/").status_code == 201
+    assert srv.dav.put(f"{coll}/f.txt", b"F").status_code == 201
+    assert srv.dav.mkcol(f"{coll}/sub/").status_code == 201
     r = proppatch(srv, f"{coll}/{target}", {"k": "v"})
     assert r.status_code in (207, 403), r.text
     if r.status_code == 207:
         assert "403" in r.text, r.text  # the property's own status
     assert "k" not in stored_properties(srv, coll)
-    r = srv.http.request("PROPFIND", srv.u(f"{coll}/{target}"), headers={"Depth": "0"},
-                         data=f'<D:propfind xmlns:D="DAV:" xmlns:P="{PROPS_NS}"><D:prop><P:k/></D:prop></D:propfind>',
-                         timeout=30)
+    r = srv.dav.propfind(f"{coll}/{target}", "0",
+                         f'<D:propfind xmlns:D="DAV:" xmlns:P="{PROPS_NS}"><D:prop><P:k/></D:prop></D:propfind>')
     assert r.status_code == 207 and ">v<" not in r.text
