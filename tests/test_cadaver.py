@@ -17,9 +17,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import requests
 
-from server_util import running_server
+from davclient import DavClient
 
 CADAVER = shutil.which("cadaver")
 pytestmark = pytest.mark.skipif(CADAVER is None, reason="cadaver is not installed")
@@ -66,18 +65,21 @@ def succeeded(results, i) -> bool:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("cad") / "data", anonymous="none") as s:
-        s.token = s.app.backend.tokens.create(read_only=False, label="cadaver")
-        yield s
+def server_overrides():
+    return {"anonymous": "none"}
+
+
+@pytest.fixture(scope="module")
+def srv(srv):
+    """The shared server with a read-write token for cadaver."""
+    srv.token = srv.app.backend.tokens.create(read_only=False, label="cadaver")
+    return srv
 
 
 @pytest.fixture
-def coll(srv):
-    name = "cad-" + uuidlib.uuid4().hex[:8]
-    r = requests.request("MKCOL", srv.u(name + "/"), headers={"Authorization": f"Bearer {srv.token}"}, timeout=10)
-    assert r.status_code == 201
-    return name
+def dav(srv) -> DavClient:
+    """The test's own requests, with cadaver's token."""
+    return DavClient(srv.url, token=srv.token)
 
 
 def manifest(srv, name: str) -> str:
@@ -98,7 +100,7 @@ def files_in(manifest_text: str) -> set[str]:
     return out
 
 
-def test_cadaver_session(srv, coll, tmp_path):
+def test_cadaver_session(srv, dav, coll, tmp_path):
     cad = Cadaver(srv, tmp_path, srv.token)
     text = b"hello from cadaver\n"
     blob = os.urandom(300_000)
@@ -132,13 +134,12 @@ def test_cadaver_session(srv, coll, tmp_path):
     assert (cad.work / "got.bin").read_bytes() == blob
     # server state
     assert files_in(manifest(srv, coll)) == {"newdir/remote.txt", "blob.bin", "moved.txt"}
-    h = {"Authorization": f"Bearer {srv.token}"}
-    assert requests.get(srv.u(f"{coll}/moved.txt"), headers=h, timeout=10).content == text
-    assert requests.get(srv.u(f"{coll}/blob.bin"), headers=h, timeout=10).content == blob
-    pf = requests.request("PROPFIND", srv.u(f"{coll}/moved.txt"), headers={**h, "Depth": "0"}, timeout=10)
+    assert dav.get(f"{coll}/moved.txt").content == text
+    assert dav.get(f"{coll}/blob.bin").content == blob
+    pf = dav.propfind(f"{coll}/moved.txt", "0")
     assert re.search(r">blue</", pf.text)
     # the lock was released: anyone with write access can write again
-    assert requests.put(srv.u(f"{coll}/moved.txt"), data=b"after", headers=h, timeout=10).status_code == 204
+    assert dav.put(f"{coll}/moved.txt", data=b"after").status_code == 204
 
     r = cad.run(f"{coll}/", [
         "rm moved.txt",      # 0
@@ -154,24 +155,22 @@ def test_cadaver_session(srv, coll, tmp_path):
     assert manifest(srv, coll) == ""
 
 
-def test_cadaver_lock_blocks_other_clients(srv, coll, tmp_path):
+def test_cadaver_lock_blocks_other_clients(srv, dav, coll, tmp_path):
     cad = Cadaver(srv, tmp_path, srv.token)
     (cad.work / "a.txt").write_bytes(b"a")
-    h = {"Authorization": f"Bearer {srv.token}"}
     # cadaver exits without unlocking: the lock outlives the session
     r = cad.run(f"{coll}/", ["put a.txt locked.txt", "lock locked.txt"])
     assert succeeded(r, 0) and succeeded(r, 1)
-    assert requests.put(srv.u(f"{coll}/locked.txt"), data=b"other", headers=h, timeout=10).status_code == 423
-    assert requests.request("DELETE", srv.u(f"{coll}/locked.txt"), headers=h, timeout=10).status_code == 423
-    pf = requests.request("PROPFIND", srv.u(f"{coll}/locked.txt"), headers={**h, "Depth": "0"}, timeout=10)
+    assert dav.put(f"{coll}/locked.txt", data=b"other").status_code == 423
+    assert dav.delete(f"{coll}/locked.txt").status_code == 423
+    pf = dav.propfind(f"{coll}/locked.txt", "0")
     token = re.search(r"opaquelocktoken:[^<]+", pf.text).group(0)
-    assert requests.request("UNLOCK", srv.u(f"{coll}/locked.txt"), headers={**h, "Lock-Token": f"<{token}>"}, timeout=10).status_code == 204
-    assert requests.put(srv.u(f"{coll}/locked.txt"), data=b"other", headers=h, timeout=10).status_code == 204
+    assert dav.unlock(f"{coll}/locked.txt", token).status_code == 204
+    assert dav.put(f"{coll}/locked.txt", data=b"other").status_code == 204
 
 
-def test_cadaver_pdh_is_read_only(srv, coll, tmp_path):
-    h = {"Authorization": f"Bearer {srv.token}"}
-    requests.put(srv.u(f"{coll}/a.txt"), data=b"snapshot", headers=h, timeout=10)
+def test_cadaver_pdh_is_read_only(srv, dav, coll, tmp_path):
+    dav.put(f"{coll}/a.txt", data=b"snapshot")
     cat = srv.app.backend.catalog_
     before = cat.get(cat.find_by_name(coll).uuid)
     pdh = before.portable_data_hash
