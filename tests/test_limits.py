@@ -17,7 +17,6 @@ import json
 import threading
 import tracemalloc
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 
 import pytest
 import requests
@@ -29,10 +28,9 @@ from davcoll.collection.limits import TreeLimits
 from davcoll.collection.changes import compile_batches
 from davcoll.manifest import parse_manifest, portable_data_hash, strip_manifest
 from davcoll.storage.memory_blocks import MemoryBlockStore
+from davclient import NO_CACHE as FRESH, DavClient, hrefs
 from tree_helpers import record_json
 from server_util import running_server
-
-FRESH = {"Cache-Control": "no-cache"}
 LOC = "acbd18db4cc2f85cedef654fccc4a4d8+3"  # md5("foo")
 
 
@@ -283,12 +281,6 @@ def test_big_record_is_streamed_not_built_whole():
 # ------------------------------------------------------------------ server
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("limits") / "data", anonymous="write") as s:
-        yield s
-
-
 def new_coll(srv) -> str:
     name = "l-" + uuidlib.uuid4().hex[:10]
     assert requests.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
@@ -412,8 +404,8 @@ def test_copy_doubling_stops_at_the_entry_cap(capped):
     assert r.status_code == 507, r.text[:300]
     assert "limit is 100" in r.text
     assert stored_text(capped, coll) == before
-    names = ET.fromstring(req(capped, "PROPFIND", coll + "/", headers={"Depth": "1", **FRESH}).content)
-    assert not [h.text for h in names.iter("{DAV:}href") if h.text.rstrip("/").endswith("/tmp")]
+    listed = hrefs(req(capped, "PROPFIND", coll + "/", headers={"Depth": "1", **FRESH}))
+    assert not [h for h in listed if h.rstrip("/").endswith("/tmp")]
     # Freeing space makes room again.
     assert req(capped, "DELETE", coll + "/d/copy0/").status_code == 204
     assert req(capped, "PUT", coll + "/d/after", data=b"x").status_code == 201
@@ -452,14 +444,13 @@ def test_arvados_backend_deep_tree_and_limits(tmp_path):
     with fake_cluster(keepstores=1, seed=7) as fake:
         token = fake.add_user("deep")
         with arvados_server(fake, tmp_path / "data", anonymous="none", max_entries=60) as srv:
-            http = requests.Session()
-            http.headers["Authorization"] = f"Bearer {token}"
+            dav = DavClient(srv.url, token=token, timeout=120)
 
             def call(method, path, dest=None, **kw):
                 headers = dict(kw.pop("headers", {}))
                 if dest is not None:
-                    headers["Destination"] = srv.u(dest)
-                return http.request(method, srv.u(path), headers=headers, timeout=120, **kw)
+                    headers["Destination"] = dest
+                return dav.req(method, path, headers=headers, **kw)
 
             a, b = "deep-a", "deep-b"
             for c in (a, b):
