@@ -26,9 +26,8 @@ import uuid as uuidlib
 from pathlib import Path
 
 import pytest
-import requests
 
-from server_util import running_server
+from davclient import DavClient
 
 
 def _find_rclone() -> str | None:
@@ -53,10 +52,15 @@ BIG_SIZE = 21 << 20
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("rclone") / "data", anonymous="none") as s:
-        s.token = s.app.backend.tokens.create(read_only=False, label="rclone")
-        yield s
+def server_overrides():
+    return {"anonymous": "none"}
+
+
+@pytest.fixture(scope="module")
+def srv(srv):
+    """The shared server with a read-write token for rclone."""
+    srv.token = srv.app.backend.tokens.create(read_only=False, label="rclone")
+    return srv
 
 
 class Rclone:
@@ -155,7 +159,7 @@ def test_rclone_copy_check_sync_move_delete_purge(srv, tmp_path):
     assert unicodedata.normalize("NFC", NFD) in catalog_files(srv, coll)
     out = rc("check", str(local), f"dc:{coll}", "--download")
     assert "0 differences found" in out.stderr
-    big = requests.get(srv.u(f"{coll}/{BIG}"), headers={"Authorization": f"Bearer {srv.token}"}, timeout=60).content
+    big = DavClient(srv.url, token=srv.token).get(f"{coll}/{BIG}").content
     assert hashlib.md5(big).digest() == hashlib.md5(files[BIG]).digest()
     # the empty folder exists remotely
     out = rc("lsf", "--dirs-only", f"dc:{coll}")
@@ -201,7 +205,7 @@ def test_rclone_copy_check_sync_move_delete_purge(srv, tmp_path):
     assert srv.app.backend.catalog_.find_by_name(coll) is None
     assert coll not in rc("lsf", "dc:").stdout
     # no request of the whole run was a server error
-    metrics = requests.get(srv.u("_metrics"), timeout=10).text
+    metrics = DavClient(srv.url).get("_metrics").text
     assert not re.search(r'^davcoll_requests_total\{[^}]*status="5\d\d"', metrics, re.M), metrics
 
 
