@@ -283,15 +283,16 @@ def test_big_record_is_streamed_not_built_whole():
 
 def new_coll(srv) -> str:
     name = "l-" + uuidlib.uuid4().hex[:10]
-    assert requests.request("MKCOL", srv.u(name + "/"), timeout=10).status_code == 201
+    assert DavClient(srv.url).mkcol(name + "/").status_code == 201
     return name
 
 
 def req(srv, method: str, path: str, dest: str | None = None, **kw) -> requests.Response:
+    """One request to any of this module's servers; deep trees get a long timeout."""
     headers = dict(kw.pop("headers", {}))
     if dest is not None:
-        headers["Destination"] = srv.u(dest)
-    return requests.request(method, srv.u(path), headers=headers, timeout=120, **kw)
+        headers["Destination"] = dest
+    return DavClient(srv.url, timeout=120).req(method, path, headers=headers, **kw)
 
 
 def stored_text(srv, coll: str) -> str:
