@@ -124,3 +124,18 @@ def test_gc_deletes_unreferenced_rows_only(tmp_path):
     assert b"kept" in left and b"purged" not in left
     with running_server(data) as srv:
         assert requests.get(srv.u("c/keep")).content == b"kept"
+
+
+def test_staged_bytes_are_bounded_while_commits_fail(tmp_path):
+    """If the catalog cannot commit (staged blocks never become rows), small
+    blocks stop being staged past the cap and are written as files."""
+    store = LocalBlockStore(tmp_path)
+    try:
+        store.small.attach()  # as if a catalog were attached, which never commits
+        store.small.max_staged_bytes = 10_000
+        locs = [store.put(bytes([i]) * 4000) for i in range(5)]
+        staged = [loc for loc in locs if not store.path_for(loc).exists()]
+        assert len(staged) == 2  # 8,000 bytes staged; the rest are durable files
+        assert all(store.get(loc) == bytes([i]) * 4000 for i, loc in enumerate(locs))
+    finally:
+        store.close()

@@ -24,7 +24,10 @@ Invariants:
   ``mtime`` of a row is refreshed by a new put of the same content, so gc's
   "unless newer than" check works as it does for files.
 
-Locks: ``_lock`` guards ``_staged`` only; no I/O under it.
+Memory: staged bytes are capped (``MAX_STAGED_BYTES``); past the cap a put
+writes a block file, as a standalone store does.
+
+Locks: ``_lock`` guards ``_staged`` and ``_staged_bytes``; no I/O under it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from .local_catalog.schema import open_catalog_db
 from .local_sqlite import Database
 
 SMALL_BLOCK_LIMIT = 1 << 20  # blocks below this size live in the database
+#: Bytes that may wait staged.  Past it (catalog commits keep failing, e.g.
+#: a full disk) small blocks are written as files again, so memory stays
+#: bounded whatever happens to the catalog.
+MAX_STAGED_BYTES = 64 << 20
 
 
 class SmallBlocks:
@@ -50,6 +57,8 @@ class SmallBlocks:
         self._db: Database | None = None
         self._lock = threading.Lock()
         self._staged: dict[str, tuple[bytes, bytes]] = {}  # locator -> (data, xxh3 digest)
+        self._staged_bytes = 0
+        self.max_staged_bytes = MAX_STAGED_BYTES
         self.attached = False
 
     # -- wiring ------------------------------------------------------------
@@ -72,10 +81,12 @@ class SmallBlocks:
     # -- staging (the write path) -------------------------------------------
 
     def accepts(self, size: int) -> bool:
-        return self.attached and 0 < size < self.threshold
+        return self.attached and 0 < size < self.threshold and self._staged_bytes + size <= self.max_staged_bytes
 
     def stage(self, locator: str, data: bytes, xxh3: bytes) -> None:
         with self._lock:
+            if locator not in self._staged:
+                self._staged_bytes += len(data)
             self._staged[locator] = (data, xxh3)
 
     def write_staged(self, conn: sqlite3.Connection) -> list[str]:
@@ -99,7 +110,9 @@ class SmallBlocks:
             return
         with self._lock:
             for loc in locators:
-                self._staged.pop(loc, None)
+                hit = self._staged.pop(loc, None)
+                if hit is not None:
+                    self._staged_bytes -= len(hit[0])
 
     # -- reads and gc ------------------------------------------------------
 
