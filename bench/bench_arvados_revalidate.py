@@ -50,7 +50,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(fake: FakeArvados, token: str, uuid: str, rounds: int, revalidate: float) -> tuple[float, list[float], int]:
+def probe_path(files: int) -> str:
+    """The file the GETs read: d00007/f00042, or one that exists in a smaller collection."""
+    ndirs = (files + 999) // 1000
+    return f"d{min(7, ndirs - 1):05d}/f{min(42, files - 1 - 1000 * min(7, ndirs - 1)):05d}"
+
+
+def run(fake: FakeArvados, token: str, uuid: str, rounds: int, revalidate: float,
+        path: str = "d00007/f00042") -> tuple[float, list[float], int]:
     """``(first GET seconds, idle GET seconds per round, API calls per idle GET)``."""
     with tempfile.TemporaryDirectory() as tmp:
         backend = ArvadosBackend(fake.api_url, data_dir=tmp)
@@ -63,7 +70,7 @@ def run(fake: FakeArvados, token: str, uuid: str, rounds: int, revalidate: float
         t = threading.Thread(target=server.serve, daemon=True)
         t.start()
         try:
-            url = f"http://127.0.0.1:{port}/by_id/{uuid}/d00007/f00042"
+            url = f"http://127.0.0.1:{port}/by_id/{uuid}/{path}"
             h = {"Authorization": f"Bearer {token}"}
             with requests.Session() as http:
                 t0 = time.perf_counter()
@@ -87,6 +94,34 @@ def run(fake: FakeArvados, token: str, uuid: str, rounds: int, revalidate: float
     return first, times, calls
 
 
+def big_collection(fake: FakeArvados, files: int) -> tuple[str, str, int]:
+    """One user and one collection of ``files`` files (1,000 per directory, all
+    pointing into one small stored block): (token, collection uuid, manifest bytes)."""
+    token = fake.add_user("bench")
+    loc = fake.sign(fake.store_block(b"benchmark block"), token)
+    per_dir = 1000
+    lines = []
+    for d in range((files + per_dir - 1) // per_dir):
+        n = min(per_dir, files - d * per_dir)
+        lines.append(f"./d{d:05d} {loc} " + " ".join(f"0:15:f{j:05d}" for j in range(n)) + "\n")
+    cat = arvados_api.ArvadosCatalog(arvados_api.ArvadosClient(fake.api_url, token))
+    rec = cat.create("big", "".join(lines))
+    cat.close()
+    fake.clear_requests()
+    return token, rec.uuid, sum(map(len, lines))
+
+
+def measure(fake: FakeArvados, token: str, uuid: str, rounds: int, revalidate: float,
+            label: str = "after", path: str = "d00007/f00042") -> tuple[float, list[float], int]:
+    """``run`` with the code as it is (``after``) or the pre-fix revision key (``before``)."""
+    current = arvados_api.ArvadosCatalog.revision
+    arvados_api.ArvadosCatalog.revision = _old_revision if label == "before" else current
+    try:
+        return run(fake, token, uuid, rounds, revalidate, path)
+    finally:
+        arvados_api.ArvadosCatalog.revision = current
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=200_000)
@@ -95,29 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["before", "after"], default=None)
     args = p.parse_args(argv)
     with FakeArvados(keepstores=2) as fake:
-        token = fake.add_user("bench")
-        loc = fake.sign(fake.store_block(b"benchmark block"), token)
-        per_dir = 1000
-        lines = []
-        for d in range((args.files + per_dir - 1) // per_dir):
-            n = min(per_dir, args.files - d * per_dir)
-            lines.append(f"./d{d:05d} {loc} " + " ".join(f"0:15:f{j:05d}" for j in range(n)) + "\n")
-        cat = arvados_api.ArvadosCatalog(arvados_api.ArvadosClient(fake.api_url, token))
-        rec = cat.create("big", "".join(lines))
-        cat.close()
-        fake.clear_requests()
-        print(f"collection: {args.files} files, manifest {sum(map(len, lines)) / 1e6:.1f} MB; "
+        token, uuid, size = big_collection(fake, args.files)
+        print(f"collection: {args.files} files, manifest {size / 1e6:.1f} MB; "
               f"revalidate_seconds={args.revalidate}")
         print(f"{'code':<8} {'first GET':>10} {'idle GET median':>16} {'max':>8} {'API calls':>10}  (goal <= 50 ms)")
-        current = arvados_api.ArvadosCatalog.revision
         for label in ("before", "after"):
             if args.only and label != args.only:
                 continue
-            arvados_api.ArvadosCatalog.revision = _old_revision if label == "before" else current
-            try:
-                first, times, calls = run(fake, token, rec.uuid, args.rounds, args.revalidate)
-            finally:
-                arvados_api.ArvadosCatalog.revision = current
+            first, times, calls = measure(fake, token, uuid, args.rounds, args.revalidate, label,
+                                          probe_path(args.files))
             med = statistics.median(times)
             print(f"{label:<8} {first * 1000:>8.0f}ms {med * 1000:>14.1f}ms {max(times) * 1000:>6.0f}ms {calls:>10}")
     return 0

@@ -70,16 +70,18 @@ def propfind(port: int, path: str, depth: str, body: bytes, out: dict) -> None:
     c.close()
 
 
-def run_level(work: Path, nfiles: int, conc: int, mode: str) -> dict:
-    data = work / f"data-{conc}"
-    if data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
+def prepare(data: Path, nfiles: int) -> tuple[str, str]:
+    """Store the one-folder collection in the embedded catalog at ``data``:
+    (the folder's URL path, the name of one of its files)."""
     text = synth_manifest(1, nfiles, seed=7)
     create_collections(data, {COLLECTION: text})
     first = parse_stream(text.splitlines()[0], 1)[1][0][0]
-    path = f"/{COLLECTION}/{FOLDER}/"
-    with davcoll_server(data, work / "logs") as srv:
+    return f"/{COLLECTION}/{FOLDER}/", first
+
+
+def measure_level(data: Path, logs: Path, path: str, first: str, conc: int, mode: str) -> dict:
+    """``conc`` simultaneous Depth-1 PROPFINDs of ``path`` against a fresh server on ``data``."""
+    with davcoll_server(data, logs) as srv:
         # Warm-up: Depth 0 of one file loads the folder into the tree cache,
         # which stays (it is not per-request memory).
         for target in (path, path + first):
@@ -104,6 +106,15 @@ def run_level(work: Path, nfiles: int, conc: int, mode: str) -> dict:
             "mb": outs[0].get("bytes", 0) / 1e6, "chunked": all(o.get("chunked") for o in outs),
             "responses": [o.get("responses") for o in outs],
         }
+
+
+def run_level(work: Path, nfiles: int, conc: int, mode: str) -> dict:
+    data = work / f"data-{conc}"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    path, first = prepare(data, nfiles)
+    return measure_level(data, work / "logs", path, first, conc, mode)
 
 
 def main() -> None:

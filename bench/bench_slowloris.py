@@ -101,7 +101,16 @@ def still_open(s: socket.socket) -> bool:
         return False
 
 
+def attack_args(silent: int = 1000, slow: int = 1000, stalled: int = 200, probes: int = 5,
+                probe_timeout: float = 5.0) -> argparse.Namespace:
+    """The attack's parameters as ``run_attack`` takes them (for bench/run.py)."""
+    return argparse.Namespace(silent=silent, slow=slow, stalled=stalled, probes=probes, probe_timeout=probe_timeout)
+
+
 def run_attack(name: str, srv: ServerProc, args: argparse.Namespace, prefix: str) -> dict:
+    """Open the attack connections against ``srv``, time ``args.probes`` fresh
+    GETs while they are open, count what the server still holds; the dict's
+    ``latencies_ms`` has one entry per probe (None: no 200 within the timeout)."""
     port = srv.port
     request(port, f"MKCOL {prefix}c/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode(), 10)
     request(port, f"PUT {prefix}c/probe.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
@@ -148,6 +157,7 @@ def run_attack(name: str, srv: ServerProc, args: argparse.Namespace, prefix: str
         "answered": f"{len(ok)}/{len(latencies)}",
         "median_ms": statistics.median(ok) * 1000 if ok else None,
         "max_ms": max(ok) * 1000 if ok and len(ok) == len(latencies) else None,
+        "latencies_ms": [None if x is None else x * 1000 for x in latencies],
         "held": held,
         "connect_failures": failed,
         "opened_in_s": opened_in,

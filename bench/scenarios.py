@@ -56,6 +56,18 @@ class Sizes:
     arv_big: int  # scenario 10's big file (the fake cluster keeps blocks in memory)
     warm_puts: int  # small PUTs before timing small PUTs (scenarios 3, 4)
     meta_files: int = 300  # scenario 11: files per repetition in the LOCK/PUT/UNLOCK/PROPPATCH/MOVE/DELETE mix
+    # Scenarios 12-16 (bench/scenarios_limits.py: the rows issues 10-12 ask for)
+    attack: tuple[int, int, int] = (1000, 1000, 200)  # 12: silent, slow-header, stalled-body connections
+    attack_probes: int = 5  # 12: fresh GETs per repetition while the attack is on
+    attack_probe_timeout: float = 5.0  # 12: seconds before a fresh GET counts as unanswered
+    propfind_files: int = 100_000  # 13: entries in the one folder listed with Depth 1
+    pdh_collections: int = 20  # 14: collections × files, all changed since their PDH was computed
+    pdh_files: int = 20_000
+    pdh_commits: int = 200  # 14: timed commits per phase and repetition (at least)
+    pdh_seconds: float = 5.0  # 14: the commits-during-lookups phase lasts at least this long
+    revalidate_files: int = 200_000  # 15: files in the Arvados collection
+    revalidate_rounds: int = 5  # 15: idle GETs (each after revalidate_seconds)
+    record_files: int = 1_000_000  # 16: files in the collection whose .arvados#collection is read
 
 
 FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns=(0, 10_000, 100_000), s4_puts=40,
@@ -63,7 +75,10 @@ FULL = Sizes(big=1 << 30, huge=4 << 30, small_count=1000, small_size=4096, s4_ns
              arv_big=512 * MIB, warm_puts=600)
 QUICK = Sizes(big=128 * MIB, huge=256 * MIB, small_count=300, small_size=4096, s4_ns=(0, 1_000, 10_000), s4_puts=20,
               s5_files=2_000, s7_files=100_000, par_clients=16, par_files=16, par_size=256 << 10, md5_bytes=128 * MIB,
-              arv_big=64 * MIB, warm_puts=200, meta_files=100)
+              arv_big=64 * MIB, warm_puts=200, meta_files=100, attack=(100, 100, 20), attack_probes=2,
+              attack_probe_timeout=2.0,
+              propfind_files=2_000, pdh_collections=5, pdh_files=4_000, pdh_commits=30, pdh_seconds=1.0,
+              revalidate_files=20_000, revalidate_rounds=3, record_files=100_000)
 
 
 def human_size(n: int) -> str:
