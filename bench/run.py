@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/run.py                 # full run (about 7 minutes on 2 vCPUs)
-    python bench/run.py --quick         # scaled-down sizes (under 2 minutes)
+    python bench/run.py                 # full run (1-11 about 7 minutes on 2 vCPUs, 12-16 about 10 more)
+    python bench/run.py --quick         # scaled-down sizes (about 3 minutes)
     python bench/run.py --only 1,3,5 --repeat 5 --json out.json
 
 Each scenario starts davcoll (``davcoll serve``, embedded backend, anonymous

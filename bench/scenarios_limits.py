@@ -97,7 +97,7 @@ def s12_slowloris(ctx: Ctx) -> list[Row]:
         ctx.cleanup(base)
     ctx.extra["s12_probe_ms"] = probes
     ctx.extra["s12_runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "latencies_ms"} for k, v in last.items()}
-    what = f"{human_count(silent)} silent + {human_count(slow)} slow-header + {human_count(stalled)} stalled-body conns"
+    what = f"{human_count(silent)}/{human_count(slow)}/{human_count(stalled)} silent/slow-header/stalled-body conns"
     n = len(probes["davcoll"])
 
     def answered(name: str) -> str:
@@ -111,7 +111,7 @@ def s12_slowloris(ctx: Ctx) -> list[Row]:
 
     timeouts = f"unanswered probes count as {timeout * 1000:.0f} ms"
     return [
-        _below("12a", f"fresh GET under attack ({what}, all from 127.0.0.1), median", medians["davcoll"],
+        _below("12a", f"fresh GET under attack ({what} from 127.0.0.1), median", medians["davcoll"],
                medians["reference"], FRESH_TARGET_MS,
                note=(f"{args.probes} fresh GETs per repetition, one a second; {answered('davcoll')}, "
                      f"{answered('reference')} (WsgiDAV FilesystemProvider on stock cheroot: 64 threads, "
@@ -169,7 +169,7 @@ def s13_propfind_rss(ctx: Ctx) -> list[Row]:
         return (f"body {rs[0]['mb']:.1f} MB{' chunked' if rs[0]['chunked'] else ''}, "
                 f"{med([r['seconds'] for r in rs]):.2f} s, RSS before {med([r['base_mib'] for r in rs]):.0f} MiB")
 
-    what = f"PROPFIND Depth 1 allprop of a {human_count(n)}-entry folder"
+    what = f"PROPFIND D1 allprop, {human_count(n)}-entry folder"
     return [
         limit_row("13a", f"{what}: server peak RSS growth, 1 client", "MiB", growth[1], [], PROPFIND_TARGET_MIB,
                   note=note(1)),
@@ -211,9 +211,9 @@ def s14_pdh_lookup(ctx: Ctx) -> list[Row]:
     return [
         limit_row("14a", f"unknown-PDH lookup ({what}), p50", "ms", lookup, [], PDH_LOOKUP_TARGET_MS,
                   note=f"catalog level, in the benchmark process; {what} in {res['setup_s']:.1f} s"),
-        limit_row("14b", "commit (one small update) while unknown-PDH lookups run every 50 ms, p50", "ms", busy50, [],
+        limit_row("14b", "commit (one small update) while unknown-PDH lookups run, p50", "ms", busy50, [],
                   None, ratio=med(busy50) / med(alone50) if med(alone50) else None, ratio_of="÷ commit alone",
-                  note=f"commits alone: p50 {med(alone50):.1f} ms, p99 {med(alone99):.1f} ms; lookups meanwhile: "
+                  note=f"one lookup every 50 ms in another thread; commits alone: p50 {med(alone50):.1f} ms, p99 {med(alone99):.1f} ms; lookups meanwhile: "
                        f"p50 {med(during) if during else float('nan'):.2f} ms"),
         limit_row("14c", "the same commits, p99", "ms", busy99, [], None, ratio=ratio, ratio_of="÷ commit alone"),
     ]
@@ -239,7 +239,7 @@ def s15_arvados_revalidate(ctx: Ctx) -> list[Row]:
                         "manifest_bytes": size}
     n = human_count(s.revalidate_files)
     return [
-        limit_row("15a", f"Arvados: GET one file of a {n}-file collection after revalidate_seconds idle, median",
+        limit_row("15a", f"Arvados: GET a file of a {n}-file collection after revalidate_seconds idle, median",
                   "ms", idle, [], REVALIDATE_TARGET_MS,
                   note=(f"{rounds} idle GETs (revalidate_seconds {REVALIDATE_SECONDS:g}, fake cluster and server in "
                         f"the benchmark process), API calls for the last one: {calls}; manifest "
@@ -267,9 +267,9 @@ def s16_record_rss(ctx: Ctx) -> list[Row]:
         streamed.append(res["streamed"]["growth_mib"])
         whole.append(res["whole"]["growth_mib"])
         mb = res["streamed"]["mb"]
-    what = f".arvados#collection of a {human_count(n)}-file collection ({mb:.1f} MB of JSON)"
+    what = f".arvados#collection of {human_count(n)} files ({mb:.1f} MB JSON)"
     return [
-        limit_row("16a", f"{what}: peak RSS growth, streamed as GET sends it", "MiB", streamed, [], None,
+        limit_row("16a", f"{what}, streamed as GET sends it: peak RSS growth", "MiB", streamed, [], None,
                   note="embedded-backend tree in a fresh child process per repetition, record cache cleared"),
         limit_row("16b", "the same record built whole, for comparison (what GET no longer does)", "MiB", whole, [],
                   None),
