@@ -27,13 +27,11 @@ Mount daemons are stopped by PID if unmounting leaves them running.
 from __future__ import annotations
 
 import argparse
-import grp
 import io
 import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,14 +42,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # davcoll.testing
 
 from client import Client, expect  # noqa: E402
+from davcoll.testing.davfs2 import Davfs2Mount, MountNotPermitted, is_mounted  # noqa: E402
 from procs import ServerProc, davcoll_server, reference_server  # noqa: E402
 
-MOUNT_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 600.0  # the unmount uploads whatever davfs2 still holds
-NOT_PERMITTED = ("permission denied", "operation not permitted", "fuse device", "/dev/fuse", "no such device",
-                 "must be superuser", "mounting failed", "not permitted")
 
 
 class Skip(Exception):
@@ -78,92 +75,6 @@ def make_tarball(path: Path, files: int, seed: int = 14) -> int:
     return total
 
 
-def _mount_pids(mnt: Path) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"mount.davfs") and str(mnt).encode() in argv:
-            out.append(int(d.name))
-    return out
-
-
-def _is_mounted(mnt: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(len(ln.split()) > 1 and ln.split()[1] == str(mnt) for ln in f)
-
-
-class Mount:
-    """One davfs2 mount with its own conf, cache and (empty) secrets file."""
-
-    def __init__(self, work: Path, url: str) -> None:
-        self.url = url
-        self.mnt = work / "mnt"
-        self.mnt.mkdir(parents=True)
-        cache = work / "cache"
-        cache.mkdir()
-        try:  # davfs2 drops to its own user: it must reach its cache
-            os.chown(cache, 0, grp.getgrnam("davfs2").gr_gid)
-        except KeyError:
-            pass
-        cache.chmod(0o775)
-        secrets = work / "secrets"
-        # Both servers allow anonymous writes and never ask; an entry keeps
-        # mount.davfs from prompting for a user name.
-        secrets.write_text(f"{self.mnt} anonymous none\n")
-        secrets.chmod(0o600)
-        self.conf = work / "davfs2.conf"
-        self.conf.write_text(f"buf_size 64\ncache_dir {cache}\nsecrets {secrets}\ndelay_upload 0\n")
-
-    def mount(self) -> None:
-        try:
-            done = subprocess.run(["mount", "-t", "davfs", "-o", f"conf={self.conf}", self.url, str(self.mnt)],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.stop_daemon(0)
-            raise RuntimeError(f"mount -t davfs {self.url} did not finish within {MOUNT_TIMEOUT:.0f} s") from None
-        if done.returncode != 0:
-            msg = (done.stderr + done.stdout).strip()
-            self.stop_daemon(0)
-            if any(s in msg.lower() for s in NOT_PERMITTED):
-                raise Skip(f"mounting davfs2 is not permitted here: {msg}")
-            raise RuntimeError(f"mount -t davfs failed ({done.returncode}): {msg}")
-        if not _is_mounted(self.mnt):
-            raise RuntimeError("mount -t davfs returned 0 but nothing is mounted")
-
-    def umount(self) -> None:
-        """Unmount and wait for the daemon to finish its uploads and exit."""
-        if _is_mounted(self.mnt):
-            try:
-                subprocess.run(["umount", str(self.mnt)], capture_output=True, text=True, timeout=UMOUNT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        self.stop_daemon(UMOUNT_TIMEOUT)
-
-    def stop_daemon(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while _mount_pids(self.mnt) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _mount_pids(self.mnt)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            end = time.monotonic() + 10
-            while _mount_pids(self.mnt) and time.monotonic() < end:
-                time.sleep(0.1)
-        if _is_mounted(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=60)
-
-
 def check_preconditions() -> None:
     if os.name != "posix" or os.geteuid() != 0:
         raise Skip("mounting davfs2 needs root")
@@ -176,8 +87,13 @@ def check_preconditions() -> None:
 def unpack_once(srv: ServerProc, base_path: str, tarball: Path, work: Path, names: list[str]) -> dict[str, float]:
     """Mount ``srv`` at ``base_path``, untar into it, unmount; check some files."""
     work.mkdir(parents=True)
-    m = Mount(work, srv.url.rstrip("/") + base_path)
-    m.mount()
+    # Both servers allow anonymous writes and never ask; the secrets entry
+    # keeps mount.davfs from prompting for a user name.
+    m = Davfs2Mount(work, srv.url.rstrip("/") + base_path, "anonymous", "none", umount_timeout=UMOUNT_TIMEOUT)
+    try:
+        m.mount()
+    except MountNotPermitted as e:
+        raise Skip(str(e)) from None
     cpu0 = srv.cpu_seconds()
     try:
         t0 = time.perf_counter()
@@ -187,7 +103,7 @@ def unpack_once(srv: ServerProc, base_path: str, tarball: Path, work: Path, name
         m.umount()
         t_all = time.perf_counter() - t0
     finally:
-        m.stop_daemon(0 if not _is_mounted(m.mnt) else UMOUNT_TIMEOUT)
+        m.stop_daemon(0 if not is_mounted(m.mnt) else UMOUNT_TIMEOUT)
     cpu = srv.cpu_seconds() - cpu0
     c = Client(srv.url, srv.headers)
     with tarfile.open(tarball) as tar:

@@ -17,19 +17,16 @@ stopped by its PID if unmounting leaves it running.
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from davcoll.testing.davfs2 import Davfs2Mount, MountNotPermitted, is_mounted
 from server_util import running_server
 
 MOUNT_DAVFS = shutil.which("mount.davfs") or ("/sbin/mount.davfs" if os.path.exists("/sbin/mount.davfs") else None)
@@ -39,103 +36,26 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing (FUSE not available)"),
 ]
 
-MOUNT_TIMEOUT = 60
-UMOUNT_TIMEOUT = 60
-# Kernel/FUSE refusals that mean "not permitted here", not a davcoll bug.
-NOT_PERMITTED = ("not permitted", "permission denied", "fuse: device not found", "can't open fuse device",
-                 "no such device", "must be superuser", "mounting failed")
 
-
-def davfs2_pids(mountpoint: Path) -> list[int]:
-    """PIDs of mount.davfs daemons serving ``mountpoint`` (from /proc)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"mount.davfs") and str(mountpoint).encode() in argv:
-            out.append(int(d.name))
-    return out
-
-
-def is_mounted(mountpoint: Path) -> bool:
-    target = str(mountpoint)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
-
-
-class Davfs2:
-    """One davfs2 mount with a private davfs2.conf (``conf=``), cache and secrets."""
+class Davfs2(Davfs2Mount):
+    """The README's recipe (any user name, the token as password) as a test
+    sees it: a refused FUSE mount skips, any other failure fails, and the
+    unmount must leave nothing mounted."""
 
     def __init__(self, work: Path, url: str, token: str) -> None:
-        self.work = work
-        self.url = url
-        self.mnt = work / "mnt"
-        self.mnt.mkdir(parents=True)
-        cache = work / "cache"
-        cache.mkdir()
-        # davfs2 runs as its own user when root mounts: the cache must belong
-        # to group davfs2 with group rwx (see mount.davfs(8)).
-        try:
-            os.chown(cache, 0, grp.getgrnam("davfs2").gr_gid)
-        except KeyError:
-            pass
-        cache.chmod(0o775)
-        secrets = work / "secrets"
-        # As in the README: keyed by mount point; any user name, the token as password.
-        secrets.write_text(f"{self.mnt} x {token}\n")
-        secrets.chmod(0o600)
-        self.conf = work / "davfs2.conf"
-        # The README's recipe: buf_size 64.  use_locks stays on (the default).
-        self.conf.write_text(f"buf_size 64\ncache_dir {cache}\nsecrets {secrets}\ndelay_upload 0\n")
+        super().__init__(work, url, "x", token)
 
     def mount(self) -> None:
         try:
-            done = subprocess.run(["mount", "-t", "davfs", "-o", f"conf={self.conf}", self.url, str(self.mnt)],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.stop_daemon()
-            pytest.fail("mount -t davfs did not finish within 60 s")
-        if done.returncode != 0:
-            msg = (done.stderr + done.stdout).strip()
-            self.stop_daemon()
-            if any(s in msg.lower() for s in NOT_PERMITTED):
-                pytest.skip(f"mounting FUSE is not permitted here: {msg}")
-            pytest.fail(f"mount -t davfs failed ({done.returncode}): {msg}")
-        assert is_mounted(self.mnt)
+            super().mount()
+        except MountNotPermitted as e:
+            pytest.skip(f"mounting FUSE is not permitted here: {e.detail}")
+        except RuntimeError as e:
+            pytest.fail(str(e))
 
     def umount(self) -> None:
-        if is_mounted(self.mnt):
-            try:
-                subprocess.run(["umount", str(self.mnt)], capture_output=True, text=True, timeout=UMOUNT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        self.stop_daemon()
+        super().umount()
         assert not is_mounted(self.mnt), "davfs2 mount still present"
-
-    def stop_daemon(self) -> None:
-        """Wait for the davfs2 daemon of this mount to exit (it uploads the
-        cache at unmount); SIGTERM, then SIGKILL it by PID past the bound."""
-        deadline = time.monotonic() + UMOUNT_TIMEOUT
-        while davfs2_pids(self.mnt) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = davfs2_pids(self.mnt)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            end = time.monotonic() + 10
-            while davfs2_pids(self.mnt) and time.monotonic() < end:
-                time.sleep(0.1)
-        if is_mounted(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=UMOUNT_TIMEOUT)
 
 
 def tree_files() -> dict[str, bytes]:
