@@ -359,3 +359,34 @@ def test_collection_properties_only_on_the_collection_root(srv, coll, target):
     r = srv.dav.propfind(f"{coll}/{target}", "0",
                          f'<D:propfind xmlns:D="DAV:" xmlns:P="{PROPS_NS}"><D:prop><P:k/></D:prop></D:propfind>')
     assert r.status_code == 207 and ">v<" not in r.text
+
+
+def test_failed_proppatch_changes_neither_dead_nor_collection_properties(srv, coll, monkeypatch):
+    """A PROPPATCH setting a dead property and a collection property whose
+    catalog update fails: the dead property used to be written already
+    (WsgiDAV writes them during the request); now both stores stay as they
+    were, and the next try stores both."""
+    from davcoll.storage.catalog import Unavailable
+
+    body = (f'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:P="{PROPS_NS}" xmlns:Z="urn:x-test">'
+            "<D:set><D:prop><Z:dead>on-disk</Z:dead><P:k>v</P:k></D:prop></D:set></D:propertyupdate>")
+    find = ('<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:Z="urn:x-test">'
+            "<D:prop><Z:dead/></D:prop></D:propfind>")
+
+    def dead_value() -> str | None:
+        r = srv.fresh.propfind(f"{coll}/", "0", find)
+        assert r.status_code == 207, r.text
+        return ">on-disk<" in r.text or None
+
+    def failing(self, uuid, patch):
+        raise Unavailable("injected: catalog down")
+
+    monkeypatch.setattr(type(catalog(srv)), "update_properties", failing)
+    r = srv.dav.proppatch(f"{coll}/", body.encode())
+    assert r.status_code == 503, r.text
+    monkeypatch.undo()
+    assert dead_value() is None
+    assert "k" not in stored_properties(srv, coll)
+    r = srv.dav.proppatch(f"{coll}/", body.encode())
+    assert r.status_code == 207, r.text
+    assert dead_value() is True and stored_properties(srv, coll).get("k") == "v"

@@ -41,6 +41,10 @@ class RequestContext:
     resolved: dict[str, Any] = field(default_factory=dict)
     # What each path names (urlspace.Location), located once per request.
     locations: dict[str, Any] = field(default_factory=dict)
+    # PROPPATCH: the dead-property writes, applied by the sync middleware
+    # after the catalog part of the request (collection properties)
+    # committed, so a failed request leaves both stores as they were.
+    dead_prop_writes: list[Callable[[], None]] = field(default_factory=list)
     # The request's domain operations (dav/sidestores.py operations_of).
     operations: "Operations | None" = None
 

@@ -22,6 +22,7 @@ from lxml import etree
 from wsgidav.dav_error import ERROR_DESCRIPTIONS, HTTP_INSUFFICIENT_STORAGE, DAVError
 
 from ..storage.props import PropertyStore, parent_key
+from .context import context_of
 
 PROPS_NS = "urn:davcoll:properties"
 COLLECTION_NS = "urn:davcoll:collection"
@@ -181,8 +182,20 @@ class DeadPropertyManager:
         if dry_run:
             self._check_set(norm_url, name, len(property_value), environ)
             return
+        if self._defer(environ, self.store.set, norm_url, name, property_value):
+            return
         self.store.set(norm_url, name, property_value)
         self._changed(environ)
+
+    def _defer(self, environ: dict | None, write, *args) -> bool:
+        """In a PROPPATCH, queue a write for the sync middleware, which
+        applies it once the request's catalog part (collection properties)
+        has committed: a PROPPATCH that fails there changes nothing."""
+        if environ is None or environ.get("REQUEST_METHOD") != "PROPPATCH":
+            return False
+        context_of(environ).dead_prop_writes.append(lambda: write(*args))
+        self._changed(environ)
+        return True
 
     def _check_set(self, norm_url: str, name: str, size: int, environ: dict | None) -> None:
         """Refuse a property past a limit: 507, which RFC 4918 (9.2.1) names
@@ -201,6 +214,8 @@ class DeadPropertyManager:
     def remove_property(self, norm_url: str, name: str, dry_run: bool = False, environ: dict | None = None) -> None:
         if dry_run:
             self._plan(norm_url, environ).pop(name, None)
+            return
+        if self._defer(environ, self.store.remove, norm_url, name):
             return
         self.store.remove(norm_url, name)
         self._changed(environ)

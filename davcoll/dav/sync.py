@@ -74,6 +74,10 @@ class SyncMiddleware(BaseMiddleware):
                 sess.commit(change)
             for tree, patch in ctx.props_patch.items():
                 sess.patch_properties(tree, patch)
+            # Dead properties last: a PROPPATCH whose collection-property
+            # patch failed must not leave its dead properties written.
+            for write in ctx.dead_prop_writes:
+                write()
         except (FsError, CatalogError, BlockStoreError) as e:
             log.warning("commit failed: %s", e)
             if self.metrics is not None:

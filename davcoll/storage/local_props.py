@@ -17,13 +17,15 @@ import sqlite3
 from pathlib import Path
 
 from .local_catalog.schema import open_catalog_db
+from .catalog import Unavailable
 from .props import PropertyStore, parent_key
 
 
 class LocalPropertyStore(PropertyStore):
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = str(db_path)
-        self._db = open_catalog_db(db_path, label="dead property table")
+        # Unavailable: a store failure maps to 503 like the catalog's.
+        self._db = open_catalog_db(db_path, label="dead property table", unavailable=Unavailable)
 
     def _conn(self) -> sqlite3.Connection:
         return self._db.connection()
