@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .local_sqlite import Database
-from .locks import LockGone, LockStore, SharedStateUnavailable, child_prefix, expire_of, map_store_errors, normalize_root
+from .locks import LockStore, SharedStateUnavailable, child_prefix, map_store_errors, normalize_root
 
 _mapped = map_store_errors(sqlite3.Error)
 
@@ -86,27 +86,18 @@ class LocalLockStore(LockStore):
         r = self._conn().execute(f"{_SELECT} WHERE token=? AND {_LIVE}", (token, time.time())).fetchone()
         return _row(r) if r else None
 
-    @_mapped
-    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
-        self._complete(path, lock)
-        with self.exclusive():
-            self.cleanup()
-            self._conn().execute(
-                f"INSERT INTO dav_locks({', '.join(_COLS)}) VALUES({', '.join('?' * len(_COLS))})",
-                tuple(lock[k] for k in _COLS),
-            )
-        return lock
+    create = _mapped(LockStore.create)
+    refresh = _mapped(LockStore.refresh)
 
-    @_mapped
-    def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
-        with self.exclusive():
-            lock = self.get(token)
-            if lock is None:
-                raise LockGone(token)
-            lock["timeout"] = -1.0 if timeout < 0 else float(timeout)
-            lock["expire"] = expire_of(lock["timeout"])
-            self._conn().execute("UPDATE dav_locks SET timeout=?, expire=? WHERE token=?", (lock["timeout"], lock["expire"], token))
-        return lock
+    def _insert(self, lock: dict[str, Any]) -> None:
+        self._conn().execute(
+            f"INSERT INTO dav_locks({', '.join(_COLS)}) VALUES({', '.join('?' * len(_COLS))})",
+            tuple(lock[k] for k in _COLS),
+        )
+
+    def _save_expiry(self, lock: dict[str, Any]) -> None:
+        self._conn().execute("UPDATE dav_locks SET timeout=?, expire=? WHERE token=?",
+                             (lock["timeout"], lock["expire"], lock["token"]))
 
     @_mapped
     def delete(self, token: str) -> bool:

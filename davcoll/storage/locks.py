@@ -120,17 +120,37 @@ class LockStore(abc.ABC):
     def get(self, token: str) -> dict[str, Any] | None:
         """The live lock with this token, or None."""
 
-    @abc.abstractmethod
     def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
         """Store a new lock on ``path``.
 
         ``lock`` has no token yet; it is completed *in place* (``root``,
-        ``expire``, ``token``) and returned, as WsgiDAV expects.
+        ``expire``, ``token``) and returned, as WsgiDAV expects.  Stores
+        wrap this with their error mapping (``map_store_errors``).
         """
+        self._complete(path, lock)
+        with self.exclusive():
+            self.cleanup()
+            self._insert(lock)
+        return lock
 
-    @abc.abstractmethod
     def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
         """New timeout for a live lock; raises ``LockGone`` if there is none."""
+        with self.exclusive():
+            lock = self.get(token)
+            if lock is None:
+                raise LockGone(token)
+            lock["timeout"] = -1.0 if timeout < 0 else float(timeout)
+            lock["expire"] = expire_of(lock["timeout"])
+            self._save_expiry(lock)
+        return lock
+
+    @abc.abstractmethod
+    def _insert(self, lock: dict[str, Any]) -> None:
+        """Write a completed new lock (inside ``exclusive``)."""
+
+    @abc.abstractmethod
+    def _save_expiry(self, lock: dict[str, Any]) -> None:
+        """Write a refreshed lock's ``timeout`` and ``expire`` (inside ``exclusive``)."""
 
     @abc.abstractmethod
     def delete(self, token: str) -> bool:

@@ -36,11 +36,9 @@ from typing import Any, Iterator
 import redis
 
 from .locks import (
-    LockGone,
     LockStore,
     SharedStateUnavailable,
     child_prefix,
-    expire_of,
     is_live,
     lock_from_json,
     lock_to_json,
@@ -53,12 +51,17 @@ _mapped = map_store_errors(redis.exceptions.RedisError)
 MUTEX_TIMEOUT = 30.0  # seconds an instance may hold the critical section
 
 
+def redis_client(url_or_client: "str | redis.Redis") -> "redis.Redis":
+    """A client for a ``redis://`` URL (or the client given), with the
+    timeouts every shared-state store uses."""
+    if isinstance(url_or_client, str):
+        return redis.Redis.from_url(url_or_client, socket_timeout=30, health_check_interval=30)
+    return url_or_client
+
+
 class RedisLockStore(LockStore):
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "davcoll:") -> None:
-        if isinstance(url_or_client, str):
-            self.r = redis.Redis.from_url(url_or_client, socket_timeout=30, health_check_interval=30)
-        else:
-            self.r = url_or_client
+        self.r = redis_client(url_or_client)
         self.prefix = prefix
         self._idx = prefix + "idx"
         self._exp = prefix + "exp"
@@ -146,28 +149,15 @@ class RedisLockStore(LockStore):
         p.zadd(self._exp, {member: score})
         p.zadd(self._pkey(lock["principal"]), {lock["token"]: score})
 
-    @_mapped
-    def create(self, path: str, lock: dict[str, Any]) -> dict[str, Any]:
-        self._complete(path, lock)
-        with self.exclusive():
-            self.cleanup()
-            p = self.r.pipeline(transaction=True)
-            self._write(p, lock)
-            p.execute()
-        return lock
+    create = _mapped(LockStore.create)
+    refresh = _mapped(LockStore.refresh)
 
-    @_mapped
-    def refresh(self, token: str, *, timeout: float) -> dict[str, Any]:
-        with self.exclusive():
-            lock = self.get(token)
-            if lock is None:
-                raise LockGone(token)
-            lock["timeout"] = -1.0 if timeout < 0 else float(timeout)
-            lock["expire"] = expire_of(lock["timeout"])
-            p = self.r.pipeline(transaction=True)
-            self._write(p, lock)
-            p.execute()
-        return lock
+    def _insert(self, lock: dict[str, Any]) -> None:
+        p = self.r.pipeline(transaction=True)
+        self._write(p, lock)
+        p.execute()
+
+    _save_expiry = _insert  # the whole lock is rewritten with its new expiry
 
     @_mapped
     def delete(self, token: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from .locks import map_store_errors
+from .redis_locks import redis_client
 from .props import PropertyStore
 
 _mapped = map_store_errors(redis.exceptions.RedisError)
@@ -32,10 +33,7 @@ CHILDREN_SCAN = 20_000  # descendants read to find a folder's children in one go
 
 class RedisPropertyStore(PropertyStore):
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = "davcoll:") -> None:
-        if isinstance(url_or_client, str):
-            self.r = redis.Redis.from_url(url_or_client, socket_timeout=30, health_check_interval=30)
-        else:
-            self.r = url_or_client
+        self.r = redis_client(url_or_client)
         self.prefix = prefix
         self._idx = prefix + "didx"
 
