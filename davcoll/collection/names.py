@@ -125,5 +125,9 @@ def display_safe(name: str) -> str:
     (for display names of entries other clients created)."""
     if bad_new_name_char(name) is None:
         return name
-    return "".join(f"\\x{ord(c):02x}" if _is_bad(ord(c)) and ord(c) < 0x100 else
-                   (f"\\u{ord(c):04x}" if _is_bad(ord(c)) else c) for c in name)
+    return "".join(_escaped(c) if _is_bad(ord(c)) else c for c in name)
+
+
+def _escaped(c: str) -> str:
+    cp = ord(c)
+    return f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}"
