@@ -535,8 +535,10 @@ class Session:
         for tree, res in zip(owners, results):
             on_base = first.setdefault(id(tree), res.applied_on_base)
             self._after_update(tree, res.record, on_base)
+        # A tree is committed when none of its updates is among those not applied.
+        pending = owners[len(results):]
         for tree in dict.fromkeys(owners[: len(results)]):
-            if owners.count(tree) == sum(1 for t in owners[: len(results)] if t is tree):
+            if not any(t is tree for t in pending):
                 change.committed(tree)
 
     def _apply(self, tree: CollectionTree, replace_files: dict[str, str], manifest_text: str) -> None:
